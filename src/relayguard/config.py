@@ -1,0 +1,227 @@
+"""Configuration: one TOML file validated by pydantic models, the only place settings are defined.
+
+Errors name the file, the dotted key and its line, so an administrator can fix them at once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .addr import AddressError, normalise_domain
+
+DEFAULT_FILE = "relayguard.toml"
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message says where and why."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, int]:
+    """'127.0.0.1:25', '[::1]:25' or 'host:25' -> (host, port)."""
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]+):(\d+)|([^:\[\]]+)", value.strip())
+    if not m:
+        raise ValueError(f"{value!r} is not host:port")
+    if m.group(5) is not None:
+        if default_port is None:
+            raise ValueError(f"{value!r} has no port (expected host:port)")
+        return m.group(5), default_port
+    host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+    if not 0 < int(port) < 65536:
+        raise ValueError(f"port {port} out of range 1-65535")
+    return host, int(port)
+
+
+def _check_listen(values: list[str]) -> list[str]:
+    for v in values:
+        parse_hostport(v)
+    return values
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class ServerSettings(_Section):
+    hostname: str = Field(default_factory=socket.getfqdn)
+    data_dir: str = "var"
+    log_level: str = "info"
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        if v.lower() not in {"debug", "info", "warning", "error"}:
+            raise ValueError("must be one of debug, info, warning, error")
+        return v.lower()
+
+
+class SMTPSettings(_Section):
+    listen: list[str] = ["127.0.0.1:2525"]
+    submission_listen: list[str] = ["127.0.0.1:2587"]
+    max_message_size: PositiveInt = 50 * 1024 * 1024
+    max_recipients: PositiveInt = 100
+    max_line_length: Annotated[int, Field(ge=512)] = 2048
+    soft_error_limit: PositiveInt = 10
+    hard_error_limit: PositiveInt = 20
+    error_sleep: Annotated[float, Field(ge=0)] = 1.0
+    timeout: PositiveFloat = 300.0
+    session_timeout: PositiveFloat = 1800.0
+    max_connections: PositiveInt = 200
+    max_connections_per_ip: PositiveInt = 20
+    auth_attempts_per_minute: PositiveInt = 10
+    greet_pause: Annotated[float, Field(ge=0)] = 0.0
+    reverse_dns: bool = False
+
+    _v_listen = field_validator("listen", "submission_listen")(_check_listen)
+
+
+class TLSSettings(_Section):
+    cert: str = ""
+    key: str = ""
+
+
+class DomainSettings(_Section):
+    local: list[str] = ["localhost"]
+
+    @field_validator("local")
+    @classmethod
+    def _normalise(cls, v: list[str]) -> list[str]:
+        out = []
+        for d in v:
+            if not d.strip():
+                raise ValueError("empty domain name")
+            out.append(normalise_domain(d.strip()))
+        return out
+
+
+class RelaySettings(_Section):
+    trusted_networks: list[str] = []
+
+    @field_validator("trusted_networks")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        for net in v:
+            ipaddress.ip_network(net, strict=False)
+        return v
+
+    def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(n, strict=False) for n in self.trusted_networks]
+
+
+class AuthSettings(_Section):
+    users_file: str = ""
+    enforce_sender: bool = True
+    senders: dict[str, list[str]] = {}
+
+
+def _check_address(value: str) -> str:
+    from .addr import parse_path
+
+    try:
+        box = parse_path(value, allow_null=False)
+    except AddressError as e:
+        raise ValueError(f"{value!r}: {e}") from None
+    if not box.domain:
+        raise ValueError(f"{value!r}: an address needs a domain")
+    return value
+
+
+class Settings(_Section):
+    server: ServerSettings = ServerSettings()
+    smtp: SMTPSettings = SMTPSettings()
+    tls: TLSSettings = TLSSettings()
+    domains: DomainSettings = DomainSettings()
+    relay: RelaySettings = RelaySettings()
+    auth: AuthSettings = AuthSettings()
+    aliases: dict[str, list[str]] = {}
+
+    @field_validator("aliases", mode="before")
+    @classmethod
+    def _aliases(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            v = {k: [t] if isinstance(t, str) else t for k, t in v.items()}
+            for k, targets in v.items():
+                _check_address(k)
+                if isinstance(targets, list):
+                    for t in targets:
+                        if isinstance(t, str):
+                            _check_address(t)
+        return v
+
+    # Paths derived from data_dir, so that one setting moves everything.
+    @property
+    def data_path(self) -> Path:
+        return Path(self.server.data_dir)
+
+    @property
+    def users_path(self) -> Path:
+        return Path(self.auth.users_file) if self.auth.users_file else self.data_path / "users"
+
+    @property
+    def tls_paths(self) -> tuple[Path, Path]:
+        if self.tls.cert:
+            return Path(self.tls.cert), Path(self.tls.key)
+        return self.data_path / "tls" / "cert.pem", self.data_path / "tls" / "key.pem"
+
+
+def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
+    """Best-effort line of a dotted key in TOML text: the table header, then the key inside it."""
+    keys = [str(k) for k in loc if not isinstance(k, int)]
+    table: list[str] = []
+    best = None
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if line.startswith("["):
+            table = [p.strip().strip('"') for p in line.strip("[]").split(".")]
+            if table == keys[: len(table)] and best is None and len(table) == len(keys):
+                best = n
+            continue
+        m = re.match(r'("?)([A-Za-z0-9_.@%!-]+)\1\s*=', line)
+        if m:
+            full = table + m.group(2).split(".")
+            if full == keys[: len(full)]:
+                return n
+    return best
+
+
+def load_text(text: str, source: str) -> Settings:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            key = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or "(top)"
+            line = _line_of(text, err["loc"])
+            where = f"{source}:{line}" if line else source
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown setting"
+            problems.append(f"{where}: {key}: {msg}")
+        raise ConfigError("\n".join(problems)) from None
+
+
+def load(path: str | Path | None = None) -> Settings:
+    """Read `path`, else ./relayguard.toml when present, else the built-in defaults."""
+    if path is None:
+        if not Path(DEFAULT_FILE).exists():
+            return Settings()
+        path = DEFAULT_FILE
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read: {e}") from None
+    return load_text(text, str(path))

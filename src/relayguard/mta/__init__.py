@@ -1,0 +1,1 @@
+"""The mail server: transport, policy, authentication, storage."""

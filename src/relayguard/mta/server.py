@@ -1,0 +1,345 @@
+"""The asyncio transport that drives the sans-I/O SMTP protocol for each connection.
+
+It owns what needs I/O or time: sockets, TLS, timeouts, connection caps, AUTH rate limits,
+password checks and durable storage (both in threads, off the event loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import time
+from collections import Counter, defaultdict, deque
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .. import log
+from ..config import Settings, parse_hostport
+from ..smtp import protocol as p
+from ..smtp.replies import AUTH_FAILED, LOCAL_ERROR, Reply
+from .policy import Policy
+from .received import TLSInfo, received_header
+from .store import Envelope, MessageFile, Store, new_queue_id
+from .users import UserDB
+
+# Stop reading from a client whose unprocessed input exceeds this (memory stays bounded).
+_READ_HIGH_WATER = 256 * 1024
+
+
+class AuthRateLimiter:
+    """AUTH attempts per client IP in a sliding minute, counted whether they succeed or not."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._seen: dict[str, deque[float]] = defaultdict(deque)
+
+    def allow(self, ip: str, now: float) -> bool:
+        q = self._seen[ip]
+        while q and q[0] <= now - 60:
+            q.popleft()
+        if len(q) >= self.per_minute:
+            return False
+        q.append(now)
+        return True
+
+
+class MailServer:
+    """All SMTP and submission listeners of one process, sharing caps, users and storage."""
+
+    def __init__(self, settings: Settings, ssl_context: ssl.SSLContext | None) -> None:
+        self.settings = settings
+        self.ssl_context = ssl_context
+        self.store = Store(Path(settings.server.data_dir))
+        self.users = UserDB(settings.users_path)
+        self.policy = Policy(settings, self.users)
+        s = settings.smtp
+        self.limits = p.Limits(
+            max_line_length=s.max_line_length,
+            max_recipients=s.max_recipients,
+            max_message_size=s.max_message_size,
+            soft_error_limit=s.soft_error_limit,
+            hard_error_limit=s.hard_error_limit,
+            error_sleep=s.error_sleep,
+        )
+        self.auth_limiter = AuthRateLimiter(s.auth_attempts_per_minute)
+        self.per_ip: Counter[str] = Counter()
+        self.sessions: set[Session] = set()
+        self.servers: list[asyncio.base_events.Server] = []
+
+    async def start(self) -> None:
+        self.store.prepare()
+        for addr in self.settings.smtp.listen:
+            await self._listen(addr, submission=False)
+        for addr in self.settings.smtp.submission_listen:
+            await self._listen(addr, submission=True)
+
+    async def _listen(self, addr: str, submission: bool) -> None:
+        host, port = parse_hostport(addr)
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: Session(self, submission), host, port, reuse_address=True)
+        self.servers.append(server)
+        log.event("listen", service="submission" if submission else "smtp", address=addr)
+
+    async def stop(self) -> None:
+        for server in self.servers:
+            server.close()
+        for session in list(self.sessions):
+            session.abort()
+        for server in self.servers:
+            await server.wait_closed()
+
+
+class Session(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, server: MailServer, submission: bool) -> None:
+        self.server = server
+        self.submission = submission
+        self.transport: asyncio.Transport | None = None
+        self.ip = ""
+        self.wake = asyncio.Event()
+        self.lost = False
+        self.paused = False
+        self.message: MessageFile | None = None
+        self.queue_id = ""
+        self.tls: TLSInfo | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    # asyncio callbacks -----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername") or ("?", 0)
+        self.ip = peer[0].removeprefix("::ffff:")
+        srv, s = self.server, self.server.settings
+        self.conn = p.ServerConnection(
+            s.server.hostname,
+            srv.limits,
+            tls_available=srv.ssl_context is not None,
+            auth_available=True,
+            require_auth=self.submission,
+        )
+        if len(srv.sessions) >= s.smtp.max_connections:
+            self._refuse("421", "4.3.2", "Error: too many connections", "connection cap")
+            return
+        if srv.per_ip[self.ip] >= s.smtp.max_connections_per_ip:
+            self._refuse("421", "4.7.0", f"Error: too many connections from {self.ip}", "per-ip cap")
+            return
+        srv.sessions.add(self)
+        srv.per_ip[self.ip] += 1
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        log.event("connect", client=self.ip, service="submission" if self.submission else "smtp")
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def _refuse(self, code: str, enhanced: str, text: str, reason: str) -> None:
+        log.event("refuse", client=self.ip, reason=reason)
+        assert self.transport is not None
+        self.transport.write(f"{code} {enhanced} {self.server.settings.server.hostname} {text}\r\n".encode())
+        self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.receive_data(data)
+        if self.conn.buffered > _READ_HIGH_WATER and not self.paused and self.transport:
+            self.paused = True
+            self.transport.pause_reading()
+        self.wake.set()
+
+    def eof_received(self) -> bool | None:
+        self.lost = True
+        self.wake.set()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.wake.set()
+        if self in self.server.sessions:
+            self.server.sessions.discard(self)
+            self.server.per_ip[self.ip] -= 1
+            if self.server.per_ip[self.ip] <= 0:
+                del self.server.per_ip[self.ip]
+
+    def abort(self) -> None:
+        if self.transport:
+            self.transport.abort()
+        if self.task:
+            self.task.cancel()
+
+    # The session loop ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        s = self.server.settings.smtp
+        deadline = time.monotonic() + s.session_timeout
+        try:
+            if s.greet_pause:
+                await asyncio.sleep(s.greet_pause)
+            self.conn.greeting()
+            while not self.lost:
+                event = self.conn.next_event()
+                if event is not None:
+                    await self._handle(event)
+                    continue
+                await self._flush()
+                if self.conn.closed:
+                    break
+                if self.paused and self.transport:
+                    self.paused = False
+                    self.transport.resume_reading()
+                if not await self._wait_input(min(s.timeout, deadline - time.monotonic())):
+                    self.conn.close(Reply(421, "4.4.2", f"{self.conn.hostname} Error: timeout exceeded"), "timeout")
+            await self._flush()
+        except (ConnectionError, ssl.SSLError, OSError) as e:
+            log.event("error", client=self.ip, error=e)
+        finally:
+            if self.message is not None:
+                self.message.discard()
+                self.message = None
+            if self.transport:
+                self.transport.close()
+            log.event("disconnect", client=self.ip)
+
+    async def _wait_input(self, timeout: float) -> bool:
+        self.wake.clear()
+        if self.lost:
+            return True
+        try:
+            await asyncio.wait_for(self.wake.wait(), max(timeout, 0))
+        except TimeoutError:
+            return False
+        return True
+
+    async def _flush(self) -> None:
+        delay = self.conn.take_delay()
+        if delay:
+            await asyncio.sleep(delay)
+        out = self.conn.data_to_send()
+        if out and self.transport and not self.transport.is_closing():
+            self.transport.write(out)
+
+    # Events ----------------------------------------------------------------------------------
+
+    async def _handle(self, event: p.Event) -> None:
+        conn, srv = self.conn, self.server
+        match event:
+            case p.MailFrom(mailbox=box):
+                reply = srv.policy.check_sender(box, conn.identity)
+                log.event("mail", client=self.ip, sender=box, user=conn.identity or "", result=reply.code)
+                conn.reply(reply)
+            case p.RcptTo(mailbox=box, text=text):
+                reply, reason = srv.policy.check_recipient(box, text, client_ip=self.ip, identity=conn.identity)
+                decision = "accept" if reply.positive else "reject"
+                log.event("rcpt", client=self.ip, rcpt=text, decision=decision, reason=reason, reply=reply.code)
+                conn.reply(reply)
+            case p.DataStart():
+                self._start_message()
+            case p.DataChunk(data=data):
+                assert self.message is not None
+                self.message.write(data)
+            case p.DataEnd():
+                conn.reply(await self._commit())
+            case p.DataDiscarded(reason=reason):
+                log.event("discard", client=self.ip, id=self.queue_id, reason=reason)
+                if self.message is not None:
+                    self.message.discard()
+                    self.message = None
+            case p.AuthRequest():
+                await self._auth(event)
+            case p.StartTLS():
+                await self._start_tls()
+            case p.Closing(reason=reason):
+                log.event("close", client=self.ip, reason=reason)
+            case p.Helo() | p.Reset():
+                pass
+
+    def _start_message(self) -> None:
+        self.queue_id = new_queue_id()
+        self.message = self.server.store.open_message(self.queue_id)
+        conn, s = self.conn, self.server.settings
+        self.message.write(
+            received_header(
+                helo=conn.helo or "",
+                ip=self.ip,
+                rdns=None,
+                by=s.server.hostname,
+                queue_id=self.queue_id,
+                esmtp=conn.esmtp,
+                tls=self.tls,
+                authenticated=conn.identity is not None,
+                rcpts=[str(r) for r in conn.envelope.rcpts],
+                when=datetime.now(timezone.utc),
+            )
+        )
+
+    async def _commit(self) -> Reply:
+        msg, env, conn = self.message, self.conn.envelope, self.conn
+        assert msg is not None and env.mail_from is not None
+        self.message = None
+        routes = self.server.policy.routes(env.rcpts)
+        remote = None
+        if routes.remote:
+            remote = Envelope(
+                queue_id=self.queue_id,
+                mail_from=str(env.mail_from),
+                rcpts=routes.remote,
+                client_ip=self.ip,
+                helo=conn.helo or "",
+                identity=conn.identity or "",
+                received=time.time(),
+            )
+        try:
+            await asyncio.to_thread(msg.commit, routes.local, remote)
+        except (OSError, ValueError) as e:
+            log.event("store-failed", client=self.ip, id=self.queue_id, error=e)
+            return LOCAL_ERROR
+        log.event(
+            "accepted",
+            client=self.ip,
+            id=self.queue_id,
+            sender=env.mail_from,
+            size=msg.size,
+            local=len(routes.local),
+            remote=len(routes.remote),
+        )
+        return Reply(250, "2.0.0", f"Ok: queued as {self.queue_id}")
+
+    async def _auth(self, event: p.AuthRequest) -> None:
+        srv, conn = self.server, self.conn
+        if not srv.auth_limiter.allow(self.ip, time.monotonic()):
+            log.event("auth", client=self.ip, result="rate-limited")
+            conn.close(Reply(421, "4.7.0", f"{conn.hostname} Error: too many AUTH attempts from {self.ip}"), "auth rate")
+            return
+        ok = event.authzid in ("", event.username) and await asyncio.to_thread(
+            srv.users.verify, event.username, event.password
+        )
+        log.event("auth", client=self.ip, user=event.username, mechanism=event.mechanism, result="ok" if ok else "fail")
+        if ok:
+            conn.authenticated(event.username.lower())
+        else:
+            conn.reply(AUTH_FAILED)
+
+    async def _start_tls(self) -> None:
+        ctx = self.server.ssl_context
+        assert ctx is not None and self.transport is not None
+        # Flush the 220 and start the handshake with no await in between: no plaintext can slip in.
+        self.transport.write(self.conn.data_to_send())
+        loop = asyncio.get_running_loop()
+        try:
+            new = await loop.start_tls(self.transport, self, ctx, server_side=True, ssl_handshake_timeout=30)
+        except (ConnectionError, ssl.SSLError, OSError, TimeoutError) as e:
+            log.event("tls-failed", client=self.ip, error=e)
+            self.conn.close(Reply(421, "4.7.0", "TLS handshake failed"), "tls failed")
+            self.lost = True
+            return
+        if new is None:
+            self.lost = True
+            return
+        self.transport = new
+        obj = new.get_extra_info("ssl_object")
+        cipher = obj.cipher() if obj else None
+        if cipher:
+            self.tls = TLSInfo(cipher[1], cipher[0], cipher[2])
+        log.event("tls", client=self.ip, version=cipher[1] if cipher else "?", cipher=cipher[0] if cipher else "?")
+        self.conn.tls_started()

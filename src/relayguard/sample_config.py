@@ -1,0 +1,52 @@
+"""The commented configuration `relayguard init` writes (a test checks it loads to the defaults)."""
+
+from __future__ import annotations
+
+_TEMPLATE = '''\
+# relayguard configuration. Every setting shown is the built-in default unless noted;
+# delete what you do not change. Check a file with: relayguard serve -c FILE (errors name key and line).
+
+[server]
+hostname = "{hostname}"        # used in the greeting, EHLO and Received headers
+data_dir = "var"               # Maildirs (mail/), spool, queue, users file, TLS pair
+log_level = "info"             # debug, info, warning, error
+
+[smtp]
+listen = ["127.0.0.1:2525"]            # inbound MX service; use ["0.0.0.0:25"] in production
+submission_listen = ["127.0.0.1:2587"] # submission: AUTH (over TLS) required before MAIL
+max_message_size = 52428800    # bytes; SIZE is advertised and enforced while streaming
+max_recipients = 100           # per message; more get 452 4.5.3
+max_line_length = 2048         # command line limit; longer lines get 500 5.5.2
+soft_error_limit = 10          # after this many errors each error reply waits error_sleep
+hard_error_limit = 20          # then 421 and disconnect
+error_sleep = 1.0
+timeout = 300.0                # idle seconds before 421 4.4.2
+session_timeout = 1800.0       # whole-session limit
+max_connections = 200          # in total; more get 421 4.3.2
+max_connections_per_ip = 20    # per client address; more get 421 4.7.0
+auth_attempts_per_minute = 10  # per client address, failed or not; more get 421 and disconnect
+greet_pause = 0.0              # seconds to wait before the greeting; clients that talk first are refused
+reverse_dns = false
+
+[tls]
+# cert = "/etc/relayguard/cert.pem"   # default: var/tls/cert.pem, made by `relayguard init`
+# key = "/etc/relayguard/key.pem"
+
+[domains]
+local = ["localhost"]          # mail for these is delivered to var/mail/<domain>/<user>/
+
+[relay]
+trusted_networks = []          # CIDRs allowed to relay without AUTH; keep empty unless you must
+
+[auth]
+# users_file = "var/users"     # managed with `relayguard user add/del/list`
+enforce_sender = true          # a logged-in user may use only their own address in MAIL FROM
+# senders = {{ "alice@localhost" = ["@localhost"] }}   # extra addresses a user may send as
+
+[aliases]
+# "postmaster@localhost" = ["alice@localhost"]
+'''
+
+
+def sample_config(hostname: str) -> str:
+    return _TEMPLATE.format(hostname=hostname)

@@ -1,0 +1,39 @@
+"""`relayguard serve`: every service the configuration enables, in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import ssl
+
+from . import log
+from .config import Settings
+from .mta.server import MailServer
+from .mta.tlsutil import server_context, write_self_signed
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext:
+    """The configured pair; on the built-in defaults a self-signed pair is made on first start."""
+    cert, key = settings.tls_paths
+    if not settings.tls.cert and not cert.exists():
+        write_self_signed(cert, key, settings.server.hostname)
+        log.event("tls-generated", cert=cert, key=key)
+    return server_context(cert, key)
+
+
+async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM or SIGINT."""
+    mta = MailServer(settings, tls_context(settings))
+    await mta.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.event("ready", hostname=settings.server.hostname, data_dir=settings.server.data_dir)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        log.event("stopping")
+        await mta.stop()
