@@ -78,8 +78,8 @@ class UserDB:
         return check_password(password, stored or _DUMMY) and stored is not None
 
     def set(self, name: str, password: str) -> None:
-        if ":" in name or "@" not in name or any(c.isspace() for c in name):
-            raise UserError(f"{name!r}: a user is an address like alice@example.test (no spaces or ':')")
+        if ":" in name or "/" in name or "@" not in name or any(c.isspace() for c in name):
+            raise UserError(f"{name!r}: a user is an address like alice@example.test (no spaces, ":" or "/")")
         self.users[name.lower()] = hash_password(password)
         self._save()
 

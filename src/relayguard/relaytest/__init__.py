@@ -1,0 +1,1 @@
+"""Open-relay testing: the trick catalogue (pure data) and, later, the prober."""
