@@ -79,7 +79,7 @@ class UserDB:
 
     def set(self, name: str, password: str) -> None:
         if ":" in name or "/" in name or "@" not in name or any(c.isspace() for c in name):
-            raise UserError(f"{name!r}: a user is an address like alice@example.test (no spaces, ":" or "/")")
+            raise UserError(f"{name!r}: a user is an address like alice@example.test (no spaces, ':' or '/')")
         self.users[name.lower()] = hash_password(password)
         self._save()
 
