@@ -27,12 +27,17 @@ err = Console(stderr=True)
 ConfigOpt = Annotated[Optional[Path], typer.Option("-c", "--config", help="TOML configuration file")]
 
 
+def _fail(message: str) -> typer.Exit:
+    """Print an error for people (unwrapped, so file:line stays on one line) and exit 2."""
+    err.print(message, highlight=False, markup=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
 def _settings(path: Path | None) -> config_mod.Settings:
     try:
         return config_mod.load(path)
     except config_mod.ConfigError as e:
-        err.print(f"[red]configuration error[/red]\n{e}", highlight=False)
-        raise typer.Exit(2) from None
+        raise _fail(f"configuration error:\n{e}") from None
 
 
 @app.command()
@@ -45,8 +50,7 @@ def serve(config: ConfigOpt = None) -> None:
     try:
         asyncio.run(run(settings))
     except OSError as e:
-        err.print(f"[red]cannot start:[/red] {e}", highlight=False)
-        raise typer.Exit(2) from None
+        raise _fail(f"cannot start: {e}") from None
 
 
 @app.command()
@@ -60,8 +64,7 @@ def init(directory: Annotated[Path, typer.Argument(help="where to set up")] = Pa
     directory.mkdir(parents=True, exist_ok=True)
     cfg = directory / config_mod.DEFAULT_FILE
     if cfg.exists():
-        err.print(f"{cfg}: exists already; not overwritten")
-        raise typer.Exit(2)
+        raise _fail(f"{cfg}: exists already; not overwritten")
     name = hostname or config_mod.ServerSettings().hostname
     data = directory / "var"
     Store(data).prepare()
@@ -74,8 +77,7 @@ def _users(config: Path | None) -> UserDB:
     try:
         return UserDB(_settings(config).users_path)
     except UserError as e:
-        err.print(str(e), highlight=False)
-        raise typer.Exit(2) from None
+        raise _fail(str(e)) from None
 
 
 @user_app.command("add")
@@ -88,16 +90,13 @@ def user_add(address: str, config: ConfigOpt = None,
     else:
         password = getpass.getpass("Password: ")
         if password != getpass.getpass("Again: "):
-            err.print("passwords differ")
-            raise typer.Exit(2)
+            raise _fail("passwords differ")
     if not password:
-        err.print("empty password refused")
-        raise typer.Exit(2)
+        raise _fail("empty password refused")
     try:
         db.set(address, password)
     except UserError as e:
-        err.print(str(e), highlight=False)
-        raise typer.Exit(2) from None
+        raise _fail(str(e)) from None
     console.print(f"user {address.lower()} saved in {db.path}")
 
 
@@ -108,8 +107,7 @@ def user_del(address: str, config: ConfigOpt = None) -> None:
     try:
         db.delete(address)
     except UserError as e:
-        err.print(str(e), highlight=False)
-        raise typer.Exit(2) from None
+        raise _fail(str(e)) from None
     console.print(f"user {address.lower()} removed")
 
 

@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .addr import AddressError, normalise_domain
 
@@ -136,6 +136,9 @@ def _check_address(value: str) -> str:
     return value
 
 
+Address = Annotated[str, AfterValidator(_check_address)]
+
+
 class Settings(_Section):
     server: ServerSettings = ServerSettings()
     smtp: SMTPSettings = SMTPSettings()
@@ -143,20 +146,13 @@ class Settings(_Section):
     domains: DomainSettings = DomainSettings()
     relay: RelaySettings = RelaySettings()
     auth: AuthSettings = AuthSettings()
-    aliases: dict[str, list[str]] = {}
+    aliases: dict[Address, list[Address]] = {}
 
     @field_validator("aliases", mode="before")
     @classmethod
-    def _aliases(cls, v: Any) -> Any:
-        if isinstance(v, dict):
-            v = {k: [t] if isinstance(t, str) else t for k, t in v.items()}
-            for k, targets in v.items():
-                _check_address(k)
-                if isinstance(targets, list):
-                    for t in targets:
-                        if isinstance(t, str):
-                            _check_address(t)
-        return v
+    def _one_target(cls, v: Any) -> Any:
+        """`"a@x" = "b@y"` is shorthand for a one-element list."""
+        return {k: [t] if isinstance(t, str) else t for k, t in v.items()} if isinstance(v, dict) else v
 
     # Paths derived from data_dir, so that one setting moves everything.
     @property
@@ -186,9 +182,9 @@ def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
             if table == keys[: len(table)] and best is None and len(table) == len(keys):
                 best = n
             continue
-        m = re.match(r'("?)([A-Za-z0-9_.@%!-]+)\1\s*=', line)
+        m = re.match(r'"([^"]+)"\s*=|([A-Za-z0-9_.-]+)\s*=', line)
         if m:
-            full = table + m.group(2).split(".")
+            full = table + ([m.group(1)] if m.group(1) else m.group(2).split("."))
             if full == keys[: len(full)]:
                 return n
     return best
