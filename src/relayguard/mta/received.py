@@ -36,7 +36,7 @@ def received_header(
 ) -> bytes:
     """One folded Received field, CRLF-terminated, ready to prepend to the message."""
     host = f"{rdns} [{ip}]" if rdns else f"[{ip}]"
-    lines = [f"Received: from {_clean(helo)} ({host})"]
+    lines = [f"Received: from {_clean(helo, ' ')} ({host})"]
     if tls:
         lines.append(f"\t(using {tls.version} with cipher {tls.cipher} ({tls.bits}/{tls.bits} bits))")
     proto = with_protocol(esmtp, tls is not None, authenticated)
@@ -50,6 +50,6 @@ def received_header(
     return ("\r\n".join(lines) + "\r\n").encode("utf-8")
 
 
-def _clean(text: str) -> str:
-    """Client-supplied text must not break the header's structure."""
-    return "".join(c if c.isprintable() and c not in "()<>;" else "?" for c in text)[:255] or "?"
+def _clean(text: str, also: str = "") -> str:
+    """Client-supplied text must not break the header's structure (a HELO name has no spaces)."""
+    return "".join(c if c.isprintable() and c not in "()<>;" + also else "?" for c in text)[:255] or "?"
