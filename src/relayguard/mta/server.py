@@ -44,6 +44,17 @@ class AuthRateLimiter:
         return True
 
 
+async def reverse_dns(ip: str, timeout: float = 5.0) -> str:
+    """Forward-confirmed reverse DNS name of `ip`, or "unknown" (as Postfix writes it)."""
+    loop = asyncio.get_running_loop()
+    try:
+        name, _ = await asyncio.wait_for(loop.getnameinfo((ip, 0), socket.NI_NAMEREQD), timeout)
+        infos = await asyncio.wait_for(loop.getaddrinfo(name, None), timeout)
+    except (OSError, TimeoutError):
+        return "unknown"
+    return name if any(info[4][0] == ip for info in infos) else "unknown"
+
+
 class MailServer:
     """All SMTP and submission listeners of one process, sharing caps, users and storage."""
 
@@ -104,6 +115,7 @@ class Session(asyncio.Protocol):
         self.message: MessageFile | None = None
         self.queue_id = ""
         self.tls: TLSInfo | None = None
+        self.rdns: str | None = None
         self.task: asyncio.Task[None] | None = None
 
     # asyncio callbacks -----------------------------------------------------------------------
@@ -174,6 +186,8 @@ class Session(asyncio.Protocol):
         s = self.server.settings.smtp
         deadline = time.monotonic() + s.session_timeout
         try:
+            if s.reverse_dns:
+                self.rdns = await reverse_dns(self.ip)
             if s.greet_pause:
                 await asyncio.sleep(s.greet_pause)
             self.conn.greeting()
@@ -262,7 +276,7 @@ class Session(asyncio.Protocol):
             received_header(
                 helo=conn.helo or "",
                 ip=self.ip,
-                rdns=None,
+                rdns=self.rdns,
                 by=s.server.hostname,
                 queue_id=self.queue_id,
                 esmtp=conn.esmtp,
