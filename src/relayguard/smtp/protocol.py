@@ -280,7 +280,7 @@ class ServerConnection:
         buf = self._buf
         end = buf.find(b"\r\n")
         if end < 0:
-            if len(buf) > self.limits.max_line_length:
+            if len(buf) - buf.endswith(b"\r") > self.limits.max_line_length:  # CR may await its LF
                 if not self._skip_to_eol:
                     self._send(Reply(500, "5.5.2", "Error: line too long"))
                 self._skip_to_eol = True
