@@ -73,8 +73,14 @@ class Server:
                 self.proc.wait()
 
 
-def start_server(root: Path, extra: str = "", users: dict[str, str] | None = None, tables: str = "") -> Server:
-    """Write a config into `root` (`extra` lines go into [smtp], `tables` at the end), add users, start `relayguard serve` and wait for its ports."""
+# No test may reach the internet: the queue's DNS goes to a closed loopback port unless a test
+# gives its own [delivery] lines (e.g. a FakeDNS).
+NO_DNS = 'dns_servers = ["127.0.0.1:9"]'
+
+
+def start_server(root: Path, extra: str = "", users: dict[str, str] | None = None, tables: str = "",
+                 delivery: str = NO_DNS) -> Server:
+    """Write a config into `root` (`extra` lines go into [smtp], `delivery` into [delivery], `tables` at the end), add users, start `relayguard serve` and wait for its ports."""
     root.mkdir(parents=True, exist_ok=True)
     smtp_port, sub_port = free_port(), free_port()
     cfg = root / "relayguard.toml"
@@ -92,6 +98,10 @@ submission_listen = ["127.0.0.1:{sub_port}"]
 
 [domains]
 local = ["localhost", "example.test"]
+
+[delivery]
+{delivery}
+
 {tables}
 """
     )
@@ -137,8 +147,9 @@ def make_server(tmp_path: Path):
     """A factory for servers with their own settings, stopped after the test."""
     started: list[Server] = []
 
-    def make(extra: str = "", users: dict[str, str] | None = None, name: str = "srv", tables: str = "") -> Server:
-        srv = start_server(tmp_path / f"{name}{len(started)}", extra, users, tables)
+    def make(extra: str = "", users: dict[str, str] | None = None, name: str = "srv", tables: str = "",
+             delivery: str = NO_DNS) -> Server:
+        srv = start_server(tmp_path / f"{name}{len(started)}", extra, users, tables, delivery)
         started.append(srv)
         return srv
 

@@ -22,7 +22,8 @@ def test_aliases_fan_out_to_maildirs_and_queue(make_server):
     assert any(token.encode() in m for m in srv.messages("alice"))
     [entry] = srv.queued()
     env = json.loads(entry.read_text())
-    assert env["rcpts"] == ["partner@remote.test"] and env["mail_from"] == "buyer@remote.test"
+    assert [r["address"] for r in env["recipients"]] == ["partner@remote.test"]
+    assert env["mail_from"] == "buyer@remote.test"
     assert token in entry.with_suffix(".msg").read_text()
 
 

@@ -6,6 +6,7 @@ import asyncio
 import getpass
 import json
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,11 +16,15 @@ from rich.table import Table
 
 from . import config as config_mod
 from . import log
+from .mta.queue import CorruptEntry, QueueEntry
+from .mta.queue_dir import QueueDir
 from .mta.users import UserDB, UserError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="relayguard: a relay-safe mail server and anti-spam toolkit.")
 user_app = typer.Typer(no_args_is_help=True, help="SMTP AUTH users.")
 app.add_typer(user_app, name="user")
+queue_app = typer.Typer(no_args_is_help=True, help="The outbound mail queue.")
+app.add_typer(queue_app, name="queue")
 
 console = Console()
 err = Console(stderr=True)
@@ -122,6 +127,119 @@ def user_list(config: ConfigOpt = None, as_json: Annotated[bool, typer.Option("-
     for name in names:
         table.add_row(name)
     console.print(table)
+
+
+def _queue(config: Path | None) -> QueueDir:
+    return QueueDir(Path(_settings(config).server.data_dir) / "queue")
+
+
+def _entry(q: QueueDir, queue_id: str) -> QueueEntry:
+    try:
+        return q.load(queue_id)
+    except FileNotFoundError:
+        raise _fail(f"{queue_id}: no such queue entry in {q.path}") from None
+    except CorruptEntry as e:
+        raise _fail(f"{queue_id}: unreadable queue entry: {e}") from None
+
+
+def _entry_row(e: QueueEntry, size: int) -> dict[str, object]:
+    return {
+        "id": e.queue_id,
+        "sender": e.mail_from,
+        "size": size,
+        "arrival": datetime.fromtimestamp(e.received, timezone.utc).isoformat(timespec="seconds"),
+        "attempts": e.attempts,
+        "next_attempt": datetime.fromtimestamp(e.next_attempt, timezone.utc).isoformat(timespec="seconds") if e.next_attempt else "now",
+        "held": e.held,
+        "recipients": [r.__dict__ for r in e.recipients],
+    }
+
+
+@queue_app.command("list")
+def queue_list(config: ConfigOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Every queued message with its recipients' states (like mailq)."""
+    q = _queue(config)
+    rows = []
+    for queue_id in q.ids():
+        try:
+            rows.append(_entry_row(q.load(queue_id), q.message_path(queue_id).stat().st_size))
+        except (FileNotFoundError, CorruptEntry):
+            continue
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("id", "arrival", "size", "sender", "recipients", "next attempt", title=f"{len(rows)} queued")
+    for row in rows:
+        rcpts = "\n".join(f"{r['address']} [{r['state']}] {r['reply']}".rstrip() for r in row["recipients"])  # type: ignore[union-attr]
+        nxt = "held" if row["held"] else str(row["next_attempt"])
+        table.add_row(str(row["id"]), str(row["arrival"]), str(row["size"]), str(row["sender"]) or "<>", rcpts, nxt)
+    console.print(table)
+
+
+@queue_app.command("show")
+def queue_show(queue_id: str, config: ConfigOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """One entry: envelope, recipient states and the message headers."""
+    q = _queue(config)
+    row = _entry_row(_entry(q, queue_id), q.message_path(queue_id).stat().st_size)
+    data = q.message_path(queue_id).read_bytes()
+    row["headers"] = data[: data.find(b"\r\n\r\n")].decode("utf-8", "replace")
+    if as_json:
+        print(json.dumps(row, indent=2))
+        return
+    for key, value in row.items():
+        if key not in ("recipients", "headers"):
+            console.print(f"[bold]{key}[/bold]: {value}", highlight=False)
+    for r in row["recipients"]:  # type: ignore[union-attr]
+        console.print(f"  {r['address']} [{r['state']}] {r['reply']}", highlight=False, markup=False)
+    console.print(str(row["headers"]), highlight=False, markup=False)
+
+
+@queue_app.command("flush")
+def queue_flush(config: ConfigOpt = None) -> None:
+    """Retry every deferred entry now (a running server picks it up within a second)."""
+    q = _queue(config)
+    count = 0
+    for queue_id in q.ids():
+        try:
+            count += q.update(queue_id, lambda e: setattr(e, "next_attempt", 0.0)) is not None
+        except CorruptEntry:
+            pass  # the running queue moves it aside on the rescan this triggers
+    q.request_flush()
+    console.print(f"{count} entries scheduled for immediate delivery")
+
+
+@queue_app.command("delete")
+def queue_delete(queue_id: str, config: ConfigOpt = None) -> None:
+    """Remove an entry without delivering or bouncing it."""
+    if not _queue(config).delete(queue_id):
+        raise _fail(f"{queue_id}: no such queue entry")
+    console.print(f"{queue_id} deleted")
+
+
+def _set_held(config: Path | None, queue_id: str, held: bool) -> None:
+    q = _queue(config)
+    _entry(q, queue_id)
+
+    def change(e: QueueEntry) -> None:
+        e.held = held
+        e.next_attempt = 0.0 if not held else e.next_attempt
+
+    if q.update(queue_id, change) is None:
+        raise _fail(f"{queue_id}: no such queue entry")
+    q.request_flush()
+    console.print(f"{queue_id} {'held' if held else 'released'}")
+
+
+@queue_app.command("hold")
+def queue_hold(queue_id: str, config: ConfigOpt = None) -> None:
+    """Keep an entry in the queue without delivery attempts until released."""
+    _set_held(config, queue_id, True)
+
+
+@queue_app.command("release")
+def queue_release(queue_id: str, config: ConfigOpt = None) -> None:
+    """Release a held entry for immediate delivery."""
+    _set_held(config, queue_id, False)
 
 
 def main() -> None:

@@ -118,6 +118,68 @@ class RelaySettings(_Section):
         return [ipaddress.ip_network(n, strict=False) for n in self.trusted_networks]
 
 
+class DeliverySettings(_Section):
+    """Outbound delivery and the queue; durations in seconds (Postfix's defaults)."""
+
+    transport: dict[str, str] = {}
+    smarthost: str = ""
+    smarthost_user: str = ""
+    smarthost_password: str = ""
+    require_tls: list[str] = []
+    dns_servers: list[str] = []
+    port: Annotated[int, Field(gt=0, lt=65536)] = 25
+    connect_timeout: PositiveFloat = 30.0
+    command_timeout: PositiveFloat = 300.0
+    min_backoff: PositiveFloat = 300.0
+    max_backoff: PositiveFloat = 4000.0
+    max_lifetime: PositiveFloat = 5 * 86400.0
+    delay_warning: Annotated[float, Field(ge=0)] = 0.0
+    max_connections: PositiveInt = 50
+    max_connections_per_destination: PositiveInt = 10
+    scan_interval: PositiveFloat = 60.0
+
+    @field_validator("transport")
+    @classmethod
+    def _hops(cls, v: dict[str, str]) -> dict[str, str]:
+        for hop in v.values():
+            parse_hostport(hop, 25)
+        return {normalise_domain(k): hop for k, hop in v.items()}
+
+    @field_validator("smarthost")
+    @classmethod
+    def _smarthost(cls, v: str) -> str:
+        if v:
+            parse_hostport(v, 25)
+        return v
+
+    @field_validator("dns_servers")
+    @classmethod
+    def _dns(cls, v: list[str]) -> list[str]:
+        for server in v:
+            ipaddress.ip_address(parse_hostport(server, 53)[0])
+        return v
+
+
+class RelayTestSettings(_Section):
+    """Defaults of `relayguard relaytest` (its options override them)."""
+
+    helo: str = "relaytest.relayguard.invalid"
+    canary_domain: str = "example.com"
+    canary_listen: str = ""
+    canary_maildir: str = ""
+    timeout: PositiveFloat = 30.0
+    confirm_timeout: PositiveFloat = 60.0
+    connections: PositiveInt = 4
+    concurrency: PositiveInt = 20
+
+    @field_validator("canary_listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        if v:
+            parse_hostport(v)
+        return v
+
+
 class AuthSettings(_Section):
     users_file: str = ""
     enforce_sender: bool = True
@@ -145,7 +207,9 @@ class Settings(_Section):
     tls: TLSSettings = TLSSettings()
     domains: DomainSettings = DomainSettings()
     relay: RelaySettings = RelaySettings()
+    relaytest: RelayTestSettings = RelayTestSettings()
     auth: AuthSettings = AuthSettings()
+    delivery: DeliverySettings = DeliverySettings()
     aliases: dict[Address, list[Address]] = {}
 
     @field_validator("aliases", mode="before")

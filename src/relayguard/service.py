@@ -8,6 +8,8 @@ import ssl
 
 from . import log
 from .config import Settings
+from .mta.queue_dir import QueueDir
+from .mta.queue_runner import QueueRunner
 from .mta.server import MailServer
 from .mta.tlsutil import server_context, write_self_signed
 
@@ -25,6 +27,9 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     """Run until SIGTERM or SIGINT."""
     mta = MailServer(settings, tls_context(settings))
     await mta.start()
+    runner = QueueRunner(settings, QueueDir(mta.store.queue), mta.inject)
+    mta.runner = runner
+    queue_task = asyncio.get_running_loop().create_task(runner.run())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -37,3 +42,5 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     finally:
         log.event("stopping")
         await mta.stop()
+        queue_task.cancel()
+        await runner.stop()

@@ -15,12 +15,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import log
+from ..addr import AddressError, Mailbox, parse_path
 from ..config import Settings, parse_hostport
 from ..smtp import protocol as p
 from ..smtp.replies import AUTH_FAILED, LOCAL_ERROR, Reply
 from .policy import Policy
 from .received import TLSInfo, received_header
-from .store import Envelope, MessageFile, Store, new_queue_id
+from .queue import QueueEntry, Recipient
+from .queue_runner import QueueRunner
+from .store import MessageFile, Store, new_queue_id
 from .users import UserDB
 
 # Stop reading from a client whose unprocessed input exceeds this (memory stays bounded).
@@ -77,6 +80,7 @@ class MailServer:
         self.per_ip: Counter[str] = Counter()
         self.sessions: set[Session] = set()
         self.servers: list[asyncio.base_events.Server] = []
+        self.runner: QueueRunner | None = None
 
     async def start(self) -> None:
         self.store.prepare()
@@ -91,6 +95,33 @@ class MailServer:
         server = await loop.create_server(lambda: Session(self, submission), host, port, reuse_address=True)
         self.servers.append(server)
         log.event("listen", service="submission" if submission else "smtp", address=addr)
+
+    async def store_message(
+        self, msg: MessageFile, mail_from: str, rcpts: list[Mailbox], client_ip: str, helo: str, identity: str
+    ) -> None:
+        """Make an accepted message durable (Maildirs and queue) and wake the queue; raises on failure."""
+        routes = self.policy.routes(rcpts)
+        entry = None
+        if routes.remote:
+            recipients = [Recipient(r) for r in routes.remote]
+            entry = QueueEntry(msg.queue_id, mail_from, recipients, time.time(), client_ip, helo, identity)
+        await asyncio.to_thread(msg.commit, routes.local, entry)
+        log.event("accepted", client=client_ip, id=msg.queue_id, sender=mail_from, size=msg.size,
+                  local=len(routes.local), remote=len(routes.remote))
+        if entry is not None and self.runner is not None:
+            self.runner.notify(msg.queue_id)
+
+    async def inject(self, recipient: str, message: bytes) -> None:
+        """Queue a message from <> (a DSN) through the same durable path as received mail."""
+        try:
+            box = parse_path(recipient, allow_null=False)
+            self.policy.routes([box])
+        except AddressError as e:
+            log.event("dsn-undeliverable", rcpt=recipient, error=e)
+            return
+        msg = self.store.open_message(new_queue_id())
+        msg.write(message)
+        await self.store_message(msg, "", [box], "127.0.0.1", self.settings.server.hostname, "")
 
     async def stop(self) -> None:
         for server in self.servers:
@@ -291,32 +322,11 @@ class Session(asyncio.Protocol):
         msg, env, conn = self.message, self.conn.envelope, self.conn
         assert msg is not None and env.mail_from is not None
         self.message = None
-        routes = self.server.policy.routes(env.rcpts)
-        remote = None
-        if routes.remote:
-            remote = Envelope(
-                queue_id=self.queue_id,
-                mail_from=str(env.mail_from),
-                rcpts=routes.remote,
-                client_ip=self.ip,
-                helo=conn.helo or "",
-                identity=conn.identity or "",
-                received=time.time(),
-            )
         try:
-            await asyncio.to_thread(msg.commit, routes.local, remote)
+            await self.server.store_message(msg, str(env.mail_from), env.rcpts, self.ip, conn.helo or "", conn.identity or "")
         except (OSError, ValueError) as e:
             log.event("store-failed", client=self.ip, id=self.queue_id, error=e)
             return LOCAL_ERROR
-        log.event(
-            "accepted",
-            client=self.ip,
-            id=self.queue_id,
-            sender=env.mail_from,
-            size=msg.size,
-            local=len(routes.local),
-            remote=len(routes.remote),
-        )
         return Reply(250, "2.0.0", f"Ok: queued as {self.queue_id}")
 
     async def _auth(self, event: p.AuthRequest) -> None:
