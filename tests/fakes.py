@@ -81,6 +81,12 @@ class _Handler(socketserver.StreamRequestHandler):
     timeout = 10
 
     def handle(self) -> None:
+        try:
+            self._session()
+        except (ConnectionError, TimeoutError):
+            pass  # the client went away (a killed server): nothing to record
+
+    def _session(self) -> None:
         b: MXBehaviour = self.server.behaviour  # type: ignore[attr-defined]
         self.wfile.write(b"220 fake-mx ESMTP\r\n")
         if b.drop:
@@ -108,7 +114,9 @@ class _Handler(socketserver.StreamRequestHandler):
             elif verb == "DATA":
                 self.wfile.write(b"354 go\r\n")
                 data = bytearray()
-                while (chunk := self.rfile.readline()) not in (b".\r\n", b""):
+                while (chunk := self.rfile.readline()) != b".\r\n":
+                    if not chunk:
+                        return  # the client died mid-message: nothing was delivered
                     data += chunk[1:] if chunk.startswith(b".") else chunk
                 with b.lock:
                     b.messages.append(Received(mail_from, rcpts, bytes(data)))

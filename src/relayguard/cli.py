@@ -242,5 +242,6 @@ def queue_release(queue_id: str, config: ConfigOpt = None) -> None:
     _set_held(config, queue_id, False)
 
 
+
 def main() -> None:
     app()

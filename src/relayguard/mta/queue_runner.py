@@ -66,8 +66,8 @@ class QueueRunner:
             except CorruptEntry as e:
                 self.queue.quarantine(queue_id, str(e))
                 continue
-            if not entry.held and entry.pending():
-                due[queue_id] = entry.next_attempt
+            if not entry.held:  # finished entries too: a crash may have left their bounce or removal
+                due[queue_id] = entry.next_attempt if entry.pending() else 0.0
         self.due = due
 
     async def run(self) -> None:
@@ -126,14 +126,14 @@ class QueueRunner:
             self.due.pop(queue_id, None)
             await asyncio.to_thread(self.queue.quarantine, queue_id, str(e))
             return
-        if entry.held or not entry.pending():
+        if entry.held:
             self.due.pop(queue_id, None)
             return
         by_domain: dict[str, list[str]] = defaultdict(list)
         for r in entry.pending():
             by_domain[r.address.rpartition("@")[2].lower()].append(r.address)
         await asyncio.gather(*(self._deliver_domain(entry, d, rcpts, message) for d, rcpts in by_domain.items()))
-        await self._finish(queue_id, message)
+        await self._finish(queue_id, message, attempted=bool(by_domain))
 
     async def _deliver_domain(self, entry: QueueEntry, domain: str, rcpts: list[str], message: bytes) -> None:
         route = await self.router.route(domain)
@@ -147,13 +147,15 @@ class QueueRunner:
             log.event("delivery", id=entry.queue_id, rcpt=r, state=o.state, relay=o.remote_mta or "none", reply=o.reply)
         await asyncio.to_thread(self.queue.update, entry.queue_id, lambda e: apply_outcomes(e, outcomes))
 
-    async def _finish(self, queue_id: str, message: bytes) -> None:
+    async def _finish(self, queue_id: str, message: bytes, attempted: bool) -> None:
+        """Schedule the next attempt, send due DSNs, remove the entry once nothing is pending."""
         now = time.time()
         warn_after = self.settings.delivery.delay_warning
         notices: list[tuple[QueueEntry, list[Recipient], str]] = []
 
         def change(e: QueueEntry) -> None:
-            finish_attempt(e, now, self.schedule)
+            if attempted:
+                finish_attempt(e, now, self.schedule)
             failed = unreported_failures(e)
             if failed and e.mail_from:
                 notices.append((QueueEntry(**{**e.__dict__}), failed, "failed"))
