@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import smtplib
@@ -79,7 +80,7 @@ NO_DNS = 'dns_servers = ["127.0.0.1:9"]'
 
 
 def start_server(root: Path, extra: str = "", users: dict[str, str] | None = None, tables: str = "",
-                 delivery: str = NO_DNS) -> Server:
+                 delivery: str = NO_DNS, domains: tuple[str, ...] = ("localhost", "example.test")) -> Server:
     """Write a config into `root` (`extra` lines go into [smtp], `delivery` into [delivery], `tables` at the end), add users, start `relayguard serve` and wait for its ports."""
     root.mkdir(parents=True, exist_ok=True)
     smtp_port, sub_port = free_port(), free_port()
@@ -97,7 +98,7 @@ submission_listen = ["127.0.0.1:{sub_port}"]
 {extra}
 
 [domains]
-local = ["localhost", "example.test"]
+local = {json.dumps(list(domains))}
 
 [delivery]
 {delivery}

@@ -75,16 +75,27 @@ class MXBehaviour:
     drop: bool = False
     messages: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    connections: int = 0
+    active: int = 0
+    max_active: int = 0
 
 
 class _Handler(socketserver.StreamRequestHandler):
     timeout = 10
 
     def handle(self) -> None:
+        b: MXBehaviour = self.server.behaviour  # type: ignore[attr-defined]
+        with b.lock:
+            b.connections += 1
+            b.active += 1
+            b.max_active = max(b.max_active, b.active)
         try:
             self._session()
         except (ConnectionError, TimeoutError):
             pass  # the client went away (a killed server): nothing to record
+        finally:
+            with b.lock:
+                b.active -= 1
 
     def _session(self) -> None:
         b: MXBehaviour = self.server.behaviour  # type: ignore[attr-defined]

@@ -214,3 +214,76 @@ def test_a_corrupt_entry_is_moved_aside_and_the_queue_goes_on(world):
     subject = submit(world.srv, ["user@pref.test"])
     wait_for(lambda: any(subject.encode() in m.data for m in world.mx["pref"].messages))
     assert "event=queue-corrupt id=BROKEN" in world.srv.log()
+
+
+def test_connections_are_reused_and_capped_per_destination(tmp_path, world):
+    world.srv.stop()
+    srv = start_server(tmp_path / "capped", delivery=world.delivery + "\nmax_connections_per_destination = 2")
+    try:
+        subjects = [submit(srv, ["user@implicit.test"]) for _ in range(8)]
+        wait_for(lambda: set(subjects) <= {m.data.split(b"Subject: ")[1][:32].decode() for m in world.mx["pref"].messages})
+        b = world.mx["pref"].behaviour
+        assert b.max_active <= 2 and b.connections < len(subjects)
+    finally:
+        srv.stop()
+
+
+def test_nothing_with_a_bare_line_feed_leaves_the_server(world):
+    """Mail on disk never has one (the server refuses it); a damaged queue file is normalised on the way out."""
+    from relayguard.mta.queue import QueueEntry, Recipient
+
+    queue = world.srv.data / "queue"
+    (queue / "HANDMADE.msg").write_bytes(b"Subject: handmade\nX: y\r\n\r\nline one\nline two\r.\r\n")
+    entry = QueueEntry("HANDMADE", "alice@localhost", [Recipient("user@implicit.test")], time.time())
+    (queue / "HANDMADE.json").write_text(json.dumps(entry.to_json()))
+    rg(world.srv, "queue", "flush")
+    [got] = wait_for(lambda: [m for m in world.mx["pref"].messages if b"handmade" in m.data])
+    assert got.data.count(b"\n") == got.data.count(b"\r\n") and got.data.count(b"\r") == got.data.count(b"\r\n")
+
+
+def test_require_tls_keeps_mail_queued_when_the_mx_has_no_starttls(tmp_path, world):
+    world.srv.stop()
+    srv = start_server(tmp_path / "tls", delivery=world.delivery + '\nrequire_tls = ["implicit.test"]')
+    try:
+        submit(srv, ["user@implicit.test"])
+        [entry] = wait_for(lambda: [json.loads(p.read_text()) for p in srv.queued()
+                                    if json.loads(p.read_text())["attempts"] >= 1])
+        assert entry["recipients"][0]["state"] == "pending"
+        assert "TLS required" in entry["recipients"][0]["reply"]
+    finally:
+        srv.stop()
+
+
+def test_delay_warning_is_sent_once(tmp_path, world):
+    world.srv.stop()
+    srv = start_server(tmp_path / "warn", delivery=world.delivery + "\ndelay_warning = 0.5")
+    try:
+        submit(srv, ["user@dead.test"])
+        [dsn] = wait_for(lambda: dsns(srv))
+        [rcpt] = delivery_status(dsn)[1:]
+        assert rcpt["Action"] == "delayed" and rcpt["Final-Recipient"] == "rfc822; user@dead.test"
+        time.sleep(1.5)
+        assert len(dsns(srv)) == 1
+    finally:
+        srv.stop()
+
+
+def test_smarthost_with_auth_over_starttls(tmp_path, world):
+    """A second relayguard is the smarthost: mail goes there with AUTH after STARTTLS."""
+    hub = start_server(tmp_path / "hub", users={"relay@example.test": "hub-secret"},
+                       domains=("localhost", "hub.test"),
+                       tables='[auth]\nsenders = { "relay@example.test" = ["@localhost"] }')
+    world.srv.stop()
+    smart = (f'{world.delivery}\nsmarthost = "127.0.0.1:{hub.submission_port}"\n'
+             'smarthost_user = "relay@example.test"\nsmarthost_password = "hub-secret"')
+    srv = start_server(tmp_path / "edge", delivery=smart)
+    try:
+        with srv.smtp(srv.submission_port) as smtp:
+            smtp.starttls(context=client_tls())
+            smtp.login("alice@localhost", USERS["alice@localhost"])
+            smtp.sendmail("alice@localhost", ["postmaster@hub.test"], b"Subject: via hub\r\n\r\nhi\r\n")
+        [msg] = wait_for(lambda: hub.messages("postmaster", "hub.test"))
+        assert b"with ESMTPSA" in msg and b"Subject: via hub" in msg
+    finally:
+        srv.stop()
+        hub.stop()

@@ -132,6 +132,7 @@ class Deliverer:
             validate_certs=False,
         )
         await asyncio.wait_for(client.connect(timeout=s.connect_timeout), s.connect_timeout + 1)
+        await client.ehlo()
         if client.supports_extension("starttls"):
             try:
                 await client.starttls(server_hostname=hop.name, validate_certs=domain in s.require_tls)
