@@ -43,6 +43,24 @@ trusted_networks = []          # CIDRs allowed to relay without AUTH; keep empty
 enforce_sender = true          # a logged-in user may use only their own address in MAIL FROM
 # senders = {{ "alice@localhost" = ["@localhost"] }}   # extra addresses a user may send as
 
+[delivery]
+# transport = {{ "example.net" = "192.0.2.25:25" }}   # per-domain next hop, before MX lookup
+smarthost = ""                 # "host:port": send all outbound mail there (AUTH below, over STARTTLS)
+smarthost_user = ""
+smarthost_password = ""
+require_tls = []               # domains whose MX must offer STARTTLS with a valid certificate
+dns_servers = []               # ["ip:port"]; empty = the system resolver
+port = 25                      # port of MX hosts
+connect_timeout = 30.0
+command_timeout = 300.0
+min_backoff = 300.0            # retry delays double from min to max (with jitter)
+max_backoff = 4000.0
+max_lifetime = 432000.0        # 5 days, then the sender gets a bounce
+delay_warning = 0.0            # seconds before a "delayed" notice; 0 = never
+max_connections = 50
+max_connections_per_destination = 10
+scan_interval = 60.0           # full rescan of the queue folder
+
 [aliases]
 # "postmaster@localhost" = ["alice@localhost"]
 '''
