@@ -243,5 +243,10 @@ def queue_release(queue_id: str, config: ConfigOpt = None) -> None:
 
 
 
+from .cli_trace import trace as _trace  # noqa: E402  (trace a spam to its origin, issue 7)
+
+app.command("trace")(_trace)
+
+
 def main() -> None:
     app()

@@ -201,6 +201,27 @@ def _check_address(value: str) -> str:
 Address = Annotated[str, AfterValidator(_check_address)]
 
 
+class TraceSettings(_Section):
+    """`relayguard trace`: where trust ends, whom to tell (docs/trace.md)."""
+
+    trusted_networks: list[str] = []      # hosts that never forge Received fields (SpamAssassin's trusted_networks)
+    internal_networks: list[str] = []     # your own MXes and relays; default: trusted_networks
+    msa_networks: list[str] = []          # submission hosts: every older hop is trusted too
+    originating_ip_headers: list[str] = []  # e.g. ["X-Originating-IP"]: taken as the oldest hop
+    max_time_skew: Annotated[float, Field(ge=0)] = 600.0  # seconds before an older, later hop is "time travel"
+    abuse_contacts_file: str = ""         # abuse.net style "domain: address" overrides
+    network_lookups: bool = False         # RDAP abuse contacts and reverse DNS over the network
+    rdap_url: str = "https://rdap.org/"
+    reporter: str = ""                    # From of ARF reports; default postmaster@<server.hostname>
+
+    @field_validator("trusted_networks", "internal_networks", "msa_networks")
+    @classmethod
+    def _trace_cidrs(cls, v: list[str]) -> list[str]:
+        for net in v:
+            ipaddress.ip_network(net, strict=False)
+        return v
+
+
 class Settings(_Section):
     server: ServerSettings = ServerSettings()
     smtp: SMTPSettings = SMTPSettings()
@@ -210,6 +231,7 @@ class Settings(_Section):
     relaytest: RelayTestSettings = RelayTestSettings()
     auth: AuthSettings = AuthSettings()
     delivery: DeliverySettings = DeliverySettings()
+    trace: TraceSettings = TraceSettings()
     aliases: dict[Address, list[Address]] = {}
 
     @field_validator("aliases", mode="before")
