@@ -243,6 +243,11 @@ def queue_release(queue_id: str, config: ConfigOpt = None) -> None:
 
 
 
+from .cli_relaytest import relaytest as _relaytest  # noqa: E402  (the open-relay tester, issue 4)
+
+app.command("relaytest")(_relaytest)
+
+
 from .cli_trace import trace as _trace  # noqa: E402  (trace a spam to its origin, issue 7)
 
 app.command("trace")(_trace)

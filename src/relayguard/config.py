@@ -171,12 +171,22 @@ class RelayTestSettings(_Section):
     confirm_timeout: PositiveFloat = 60.0
     connections: PositiveInt = 4
     concurrency: PositiveInt = 20
+    self_check: bool = False  # `serve` tests its own SMTP listeners at start-up
+    self_check_interval: Annotated[float, Field(ge=0)] = 0.0  # and then every N seconds; 0 = at start only
+    self_check_from: str = ""  # untrusted source address; "" = 127.0.0.2 for loopback listeners
 
     @field_validator("canary_listen")
     @classmethod
     def _listen(cls, v: str) -> str:
         if v:
             parse_hostport(v)
+        return v
+
+    @field_validator("self_check_from")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        if v:
+            ipaddress.ip_address(v)
         return v
 
 

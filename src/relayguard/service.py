@@ -30,6 +30,9 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     runner = QueueRunner(settings, QueueDir(mta.store.queue), mta.inject)
     mta.runner = runner
     queue_task = asyncio.get_running_loop().create_task(runner.run())
+    from .relaytest.selfcheck import start_self_check  # issue 4: test our own listeners
+
+    check_task = start_self_check(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -43,4 +46,6 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         log.event("stopping")
         await mta.stop()
         queue_task.cancel()
+        if check_task is not None:
+            check_task.cancel()
         await runner.stop()

@@ -4,11 +4,16 @@ Placeholders, filled per target by `Case.render`: {T} target host name, {IP} tar
 address, {D} the target's own domain, {X} the outside (canary) domain, {XIP} an outside IPv4
 address (the canary's), {s}/{u} sender and
 recipient local parts, {rand} a random label.
+
+`Case.commands` gives the two command lines exactly as the tester sends them (verb case and
+the space after the colon are part of some tricks). `SMUGGLING` is the table of end-of-data
+variants for the inbound smuggling probe (REFERENCES.md section 3).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from string import Formatter
 
 
 @dataclass(frozen=True)
@@ -21,12 +26,30 @@ class Case:
     source: str
     relay: bool = True  # False for control cases that are not relays when accepted
     case: str = ""  # "upper" or "mixed": letter case applied to the rendered addresses
+    verbs: str = ""  # "lower" or "mixed": letter case of MAIL FROM / RCPT TO ("" = upper)
+    colon_space: bool = False  # "MAIL FROM: <x>": a space after the colon (RFC 5321 forbids it)
 
     def render(self, **values: str) -> tuple[str, str]:
         return _recase(self.mail_from.format(**values), self.case), _recase(self.rcpt_to.format(**values), self.case)
 
+    def commands(self, **values: str) -> tuple[str, str]:
+        """The MAIL and RCPT command lines (without CRLF) as sent for this case."""
+        mail_from, rcpt_to = self.render(**values)
+        sep = ": " if self.colon_space else ":"
+        return (_recase("MAIL FROM", self.verbs) + sep + mail_from, _recase("RCPT TO", self.verbs) + sep + rcpt_to)
+
+    @property
+    def placeholders(self) -> frozenset[str]:
+        return frozenset(_fields(self.mail_from) | _fields(self.rcpt_to))
+
+
+def _fields(template: str) -> set[str]:
+    return {name for _, name, _, _ in Formatter().parse(template) if name}
+
 
 def _recase(text: str, case: str) -> str:
+    if case == "lower":
+        return text.lower()
     if case == "upper":
         return text.upper()
     if case == "mixed":
@@ -79,4 +102,48 @@ CASES: tuple[Case, ...] = (
     Case("N8", "percent hack at IPv6 literal", "<{s}@{T}>", "<{u}%{X}@[IPv6:::1]>", "IPv6 literal as local", _NEW),
     Case("N9", "quoted bang at host", "<{s}@{T}>", '<"{X}!{u}"@{T}>', "quoted bang path", _NEW),
     Case("N10", "source route list", "<{s}@{T}>", "<@{T},@[{IP}]:{u}@{X}>", "multi-hop source route", _NEW),
+    Case("N11", "upper-case sender at host", "<{s}@{T}>", "<{u}@{X}>", "case-sensitive own-name sender check", _NEW, case="upper"),
+    Case("N12", "outside IP literal", "<{s}@{T}>", "<{u}@[{XIP}]>", "relay to a domain literal", _NEW),
+    Case("N13", "source route via IPv6 literal", "<{s}@{T}>", "<@[IPv6:::1]:{u}@{X}>", "IPv6 literal in a source route", _NEW),
+    Case("N14", "quoted percent at host", "<{s}@{T}>", '<"{u}%{X}"@{T}>', "quoted percent hack", _NEW),
+    Case("N15", "percent hack at own domain", "<{s}@{D}>", "<{u}%{X}@{D}>", "percent hack via the mail domain", _NEW),
+    Case("V1", "lower-case verbs", "<{s}@{X}>", "<{u}@{X}>", "verb matching", _NEW, verbs="lower"),
+    Case("V2", "mixed-case verbs", "<{s}@{X}>", "<{u}@{X}>", "verb matching", _NEW, verbs="mixed"),
+    Case("V3", "mixed-case verbs, percent hack", "<{s}@{T}>", "<{u}%{X}@{T}>", "verb matching", _NEW, verbs="mixed"),
+    Case("V4", "space after colon", "<{s}@{X}>", "<{u}@{X}>", "lenient command parsing", _NEW, colon_space=True),
+    Case("V5", "space after colon, bang path", "<{s}@{T}>", "<{X}!{u}@{T}>", "lenient command parsing", _NEW, colon_space=True),
 )
+
+
+@dataclass(frozen=True)
+class Smuggle:
+    """An end-of-data variant: `ending` is sent where a client would send CRLF.CRLF."""
+
+    id: str
+    name: str
+    ending: bytes
+    bare: bool  # holds a bare CR or LF (Postfix smtpd_forbid_bare_newline territory)
+    source: str
+
+
+_SEC = "SEC Consult SMTP smuggling (CVE-2023-51764/51765/51766)"
+
+SMUGGLING: tuple[Smuggle, ...] = (
+    Smuggle("M1", "<LF>.<LF>", b"\n.\n", True, _SEC),
+    Smuggle("M2", "<LF>.<CR><LF>", b"\n.\r\n", True, _SEC),
+    Smuggle("M3", "<CR>.<CR>", b"\r.\r", True, _SEC),
+    Smuggle("M4", "<CR><LF>.<CR>", b"\r\n.\r", True, _SEC),
+    Smuggle("M5", "<CR>.<LF>", b"\r.\n", True, _SEC),
+    Smuggle("M6", "<CR><LF><NUL>.<CR><LF>", b"\r\n\x00.\r\n", False, _SEC),
+    Smuggle("M7", "<CR><LF>.<NUL><CR><LF>", b"\r\n.\x00\r\n", False, _SEC),
+    Smuggle("M8", "<CR><LF>.<CR><CR><LF>", b"\r\n.\r\r\n", True, "Postfix 3.7 (REFERENCES.md section 6)"),
+)
+
+
+def by_id(ids: list[str] | tuple[str, ...]) -> tuple[Case, ...]:
+    """The cases named (case-insensitive), in catalogue order; unknown ids raise KeyError."""
+    wanted = {i.upper() for i in ids}
+    unknown = wanted - {c.id for c in CASES}
+    if unknown:
+        raise KeyError(", ".join(sorted(unknown)))
+    return tuple(c for c in CASES if c.id in wanted)
