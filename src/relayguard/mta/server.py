@@ -199,6 +199,10 @@ class Session(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.wake.set()
+        self._release()
+
+    def _release(self) -> None:
+        """Free this session's place under the caps (once), as soon as the session is over."""
         if self in self.server.sessions:
             self.server.sessions.discard(self)
             self.server.per_ip[self.ip] -= 1
@@ -244,6 +248,7 @@ class Session(asyncio.Protocol):
                 self.message = None
             if self.transport:
                 self.transport.close()
+            self._release()
             log.event("disconnect", client=self.ip)
 
     async def _wait_input(self, timeout: float) -> bool:
@@ -251,7 +256,8 @@ class Session(asyncio.Protocol):
         if self.lost:
             return True
         try:
-            await asyncio.wait_for(self.wake.wait(), max(timeout, 0))
+            async with asyncio.timeout(max(timeout, 0)):
+                await self.wake.wait()
         except TimeoutError:
             return False
         return True

@@ -1,17 +1,17 @@
 """Durable storage of accepted mail: Maildir for local users, the spool for the outbound queue.
 
-A message streams into `spool/tmp/` while DATA runs. On commit it is fsync'd, hard-linked into
-each recipient's Maildir `new/` and (for remote recipients) into `queue/` beside its envelope,
-and every directory touched is fsync'd, all before the server may answer 250. A crash at any
-point leaves either a complete message in place or nothing the queue would pick up: the queue's
-envelope file is written last and is what makes an entry exist.
+While DATA runs a message is kept in memory up to 256 KiB and streams into `spool/tmp/` beyond
+that. On commit it is written out and fsync'd, hard-linked into each recipient's Maildir `new/`
+and (for remote recipients) into `queue/` beside its envelope (the last of these by rename
+instead of link), and every directory touched is fsync'd, all before the server may answer 250.
+A crash at any point leaves either a complete message in place or nothing the queue would pick
+up: the queue's envelope file is written last and is what makes an entry exist.
 
-Performance (see bench/run.py): a small message stays in memory until commit, so the event loop
-never creates files (a create can wait on the filesystem journal while others fsync); the last
-destination is reached by rename rather than link + unlink; and the directory fsyncs of
-concurrent commits are grouped: one fsync of a directory covers every entry made in it before
-that fsync started (group commit), so N sessions delivering to one Maildir cost one directory
-fsync per round instead of N. Every message file is still fsync'd on its own.
+Performance (bench/run.py): the event loop never creates files for small messages (a create
+can wait behind other sessions' fsyncs, and it would stall every session); and directory fsyncs
+are grouped across concurrent commits (group commit): one fsync of a directory answers for
+every entry made in it before that fsync started, so sessions delivering to the same Maildir
+share directory fsyncs instead of issuing one each. Every message file is fsync'd on its own.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ import shutil
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+from .queue import QueueEntry
 
 # Message data kept in memory before the spool file is created (also the file's write buffer).
 _MEMORY_LIMIT = 256 * 1024
@@ -38,7 +39,7 @@ def new_queue_id() -> str:
     return f"{time.time_ns() // 1000:X}{secrets.token_hex(3).upper()}"
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
@@ -46,9 +47,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _copy_in(src: Path, dst: Path) -> None:
+def _copy_in(src: str, dst: str) -> None:
     """Copy `src` to `dst` through a sibling `tmp/` folder (for a different filesystem)."""
-    tmp = dst.parent.parent / "tmp" / dst.name
+    tmp = Path(dst).parent.parent / "tmp" / Path(dst).name
     tmp.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, tmp)
     with open(tmp, "rb+") as f:
@@ -56,17 +57,17 @@ def _copy_in(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def _place(src: Path, dst: Path) -> None:
+def _place(src: str, dst: str) -> None:
     """Hard link (atomic, no copy); copy then rename when the folders are on different filesystems."""
     try:
         os.link(src, dst)
     except OSError as e:
-        if e.errno == errno.ENOENT and not dst.parent.is_dir():
+        if e.errno == errno.ENOENT and not os.path.isdir(os.path.dirname(dst)):
             raise
         _copy_in(src, dst)
 
 
-def _move(src: Path, dst: Path) -> None:
+def _move(src: str, dst: str) -> None:
     """Rename (atomic); copy then rename when the folders are on different filesystems."""
     try:
         os.rename(src, dst)
@@ -74,7 +75,7 @@ def _move(src: Path, dst: Path) -> None:
         if e.errno != errno.EXDEV:
             raise
         _copy_in(src, dst)
-        src.unlink(missing_ok=True)
+        os.unlink(src)
 
 
 def _write_all(fd: int, data: bytes | bytearray) -> None:
@@ -103,7 +104,7 @@ class _DirSync:
     exactly those callers.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: str) -> None:
         self.path = path
         self._cond = threading.Condition()
         self._open: _Round | None = None
@@ -116,34 +117,26 @@ class _DirSync:
             mine = self._open
             while self._running and not mine.done:
                 self._cond.wait()
-            if not mine.done:
+            lead = not mine.done
+            if lead:
                 # No fsync running and ours not done: we run it for the whole open round.
                 self._running = True
                 self._open = None
-        if not mine.done:
-            error = None
+        if lead:
+            error: OSError | None = OSError(errno.EIO, "directory fsync did not complete")
             try:
                 _fsync_dir(self.path)
+                error = None
             except OSError as e:
                 error = e
-            with self._cond:
-                mine.error, mine.done = error, True
-                self._running = False
-                self._cond.notify_all()
+            finally:  # whatever happens, the round ends and its members are told
+                with self._cond:
+                    mine.error, mine.done = error, True
+                    self._running = False
+                    self._cond.notify_all()
         if mine.error is not None:
             e = mine.error
-            raise OSError(e.errno, f"fsync of directory failed: {e.strerror}", str(self.path))
-
-
-@dataclass(frozen=True)
-class Envelope:
-    queue_id: str
-    mail_from: str
-    rcpts: list[str]
-    client_ip: str
-    helo: str
-    identity: str  # authenticated user, "" if none
-    received: float  # arrival time (Unix)
+            raise OSError(e.errno, f"fsync of directory failed: {e.strerror}", self.path)
 
 
 class Store:
@@ -158,8 +151,11 @@ class Store:
         self._seq = itertools.count(1)  # next() is atomic under the GIL: safe across threads
         self._lock = threading.Lock()
         self._create_lock = threading.Lock()
-        self._syncers: dict[Path, _DirSync] = {}
-        self._known_boxes: set[Path] = set()  # Maildirs known to exist (created durably)
+        self._syncers: dict[str, _DirSync] = {}
+        # The hot path works on str paths (pathlib costs more than the syscalls here).
+        self._tmp_s = str(self.tmp)
+        self._queue_s = str(self.queue)
+        self._new_dirs: dict[tuple[str, str], str] = {}  # (local, domain) -> its Maildir's new/, made durable
 
     def prepare(self) -> None:
         for d in (self.tmp, self.queue, self.mail):
@@ -178,7 +174,7 @@ class Store:
     def _unique(self, queue_id: str) -> str:
         return f"{int(time.time())}.{queue_id}_{next(self._seq)}.{self._host}"
 
-    def _sync_dir(self, path: Path) -> None:
+    def _sync_dir(self, path: str) -> None:
         """fsync `path`, sharing the fsync with concurrent callers (group commit)."""
         syncer = self._syncers.get(path)
         if syncer is None:
@@ -186,21 +182,25 @@ class Store:
                 syncer = self._syncers.setdefault(path, _DirSync(path))
         syncer.sync()
 
-    def _ensure_maildir(self, box: Path) -> None:
-        """Create `box` with tmp/new/cur and make the new folders durable (once per process)."""
-        if box in self._known_boxes:
-            return
+    def _new_dir(self, local: str, domain: str) -> str:
+        """The `new/` folder of a mailbox, created durably on first use (checked once per process)."""
+        new = self._new_dirs.get((local, domain))
+        if new is not None:
+            return new
+        box = self.maildir(local, domain)
         with self._create_lock:  # a second session must not use the folders before they are durable
-            if box in self._known_boxes:
-                return
+            new = self._new_dirs.get((local, domain))
+            if new is not None:
+                return new
             if not (box / "new").is_dir():
                 made = [p for p in (box.parent, box) if not p.is_dir()]
                 for sub in ("tmp", "new", "cur"):
                     (box / sub).mkdir(parents=True, exist_ok=True)
                 # Each new folder's entry lives in its parent: fsync the parents of what was made.
                 for d in {box, *(p.parent for p in made)}:
-                    self._sync_dir(d)
-            self._known_boxes.add(box)
+                    self._sync_dir(str(d))
+            new = self._new_dirs[(local, domain)] = str(box / "new")
+            return new
 
 
 class MessageFile:
@@ -209,15 +209,20 @@ class MessageFile:
     def __init__(self, store: Store, queue_id: str) -> None:
         self.store = store
         self.queue_id = queue_id
-        self.path = store.tmp / queue_id
+        self._spath = f"{store._tmp_s}/{queue_id}"
         # The first _MEMORY_LIMIT bytes stay in memory and the spool file is created only when
         # the message outgrows them, or in commit() (a worker thread). Creating a file can wait
         # on the filesystem journal while other sessions fsync, and write() runs on the event
         # loop: most messages are small, so the loop never blocks on the disk for them.
         self._buf = bytearray()
         self._f: BinaryIO | None = None
-        self._on_disk = False  # the spool file exists under self.path
+        self._on_disk = False  # the spool file exists under self._spath
         self.size = 0
+
+    @property
+    def path(self) -> Path:
+        """Where the message is spooled until commit."""
+        return Path(self._spath)
 
     def write(self, data: bytes) -> None:
         self.size += len(data)
@@ -226,7 +231,7 @@ class MessageFile:
             return
         self._buf += data
         if len(self._buf) > _MEMORY_LIMIT:
-            self._f = open(self.path, "xb", buffering=_MEMORY_LIMIT)
+            self._f = open(self._spath, "xb", buffering=_MEMORY_LIMIT)
             self._on_disk = True
             self._f.write(self._buf)
             self._buf = bytearray()
@@ -234,7 +239,7 @@ class MessageFile:
     def _make_durable(self) -> None:
         """The spool file, complete and fsync'd."""
         if self._f is None:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            fd = os.open(self._spath, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
             self._on_disk = True
             try:
                 _write_all(fd, self._buf)
@@ -247,50 +252,47 @@ class MessageFile:
             os.fsync(self._f.fileno())
             self._f.close()
 
-    def commit(self, local: list[tuple[str, str]], remote: Envelope | None) -> None:
+    def commit(self, local: list[tuple[str, str]], remote: QueueEntry | None) -> None:
         """Make the message durable in every destination; raises OSError if any step fails."""
         store = self.store
         try:
             if not local and remote is None:
                 return  # nowhere to deliver
             self._make_durable()
-            targets: list[Path] = []
-            for lp, domain in local:
-                box = store.maildir(lp, domain)
-                store._ensure_maildir(box)
-                targets.append(box / "new" / store._unique(self.queue_id))
+            # (folder, name): one per Maildir, then the queue.
+            dests = [(store._new_dir(lp, domain), store._unique(self.queue_id)) for lp, domain in local]
             if remote is not None:
-                targets.append(store.queue / f"{self.queue_id}.msg")
-            for i, dst in enumerate(targets):
+                dests.append((store._queue_s, self.queue_id + ".msg"))
+            last = len(dests) - 1
+            for i, (folder, name) in enumerate(dests):
                 try:
-                    self._put(dst, last=i == len(targets) - 1)
+                    self._put(f"{folder}/{name}", i == last)
                 except FileNotFoundError:
-                    # A Maildir removed while we run: forget it, create it again, retry once.
-                    box = dst.parent.parent
-                    store._known_boxes.discard(box)
-                    if dst.parent.name != "new":
+                    if i >= len(local):
                         raise
-                    store._ensure_maildir(box)
-                    self._put(dst, last=i == len(targets) - 1)
+                    # A Maildir removed while we run: create it again and retry once.
+                    store._new_dirs.pop(local[i], None)
+                    folder = store._new_dir(*local[i])
+                    dests[i] = (folder, name)
+                    self._put(f"{folder}/{name}", i == last)
             if remote is not None:
-                q = store.queue
-                env_tmp = store.tmp / f"{self.queue_id}.json"
+                env_tmp = f"{store._tmp_s}/{self.queue_id}.json"
                 with open(env_tmp, "w", encoding="utf-8") as f:
                     json.dump(remote.to_json(), f)
                     f.flush()
                     os.fsync(f.fileno())
-                os.replace(env_tmp, q / f"{self.queue_id}.json")
-            for d in dict.fromkeys(t.parent for t in targets):
-                store._sync_dir(d)
+                os.replace(env_tmp, f"{store._queue_s}/{self.queue_id}.json")
+            for folder in dict.fromkeys(folder for folder, _ in dests):
+                store._sync_dir(folder)
         finally:
             self.discard()
 
-    def _put(self, dst: Path, last: bool) -> None:
+    def _put(self, dst: str, last: bool) -> None:
         if last:
-            _move(self.path, dst)
+            _move(self._spath, dst)
             self._on_disk = False
         else:
-            _place(self.path, dst)
+            _place(self._spath, dst)
 
     def discard(self) -> None:
         self._buf = bytearray()
@@ -298,4 +300,7 @@ class MessageFile:
             self._f.close()
         if self._on_disk:
             self._on_disk = False
-            self.path.unlink(missing_ok=True)
+            try:
+                os.unlink(self._spath)
+            except FileNotFoundError:
+                pass
