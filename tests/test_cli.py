@@ -12,6 +12,8 @@ import time
 import tomllib
 from pathlib import Path
 
+import dns.message
+import dns.query
 import pytest
 
 from relayguard import config
@@ -102,6 +104,9 @@ def test_serve_on_the_builtin_defaults(tmp_path):
                 smtp.sendmail("a@remote.test", ["victim@remote.test"], b"Subject: hi\r\n\r\nhi\r\n")
         assert len(list((tmp_path / "var/mail/localhost/postmaster/new").iterdir())) == 1
         assert (tmp_path / "var/tls/cert.pem").exists()
+        query = dns.message.make_query("2.0.0.127.bl.relayguard.test", "A")
+        answer = dns.query.udp(query, "127.0.0.1", port=5300, timeout=5)
+        assert [rr.to_text() for rr in answer.answer[0]] == ["127.0.0.2"]  # the DNSBL's RFC 5782 test point
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)

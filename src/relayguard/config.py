@@ -190,6 +190,48 @@ class RelayTestSettings(_Section):
         return v
 
 
+class DNSBLSettings(_Section):
+    """The blacklist zone relayguard serves over DNS (RFC 5782)."""
+
+    zone: str = "bl.relayguard.test"
+    dns_listen: str = "127.0.0.1:5300"  # UDP and TCP; "" = no DNS server
+    ttl: Annotated[int, Field(ge=0)] = 2100
+    negative_ttl: Annotated[int, Field(ge=0)] = 2100  # SOA minimum: caching of "not listed"
+    nameservers: list[str] = []  # NS records; default ns1.<zone>
+    hostmaster: str = ""  # SOA contact; default hostmaster.<zone>
+    axfr_allow: list[str] = []  # CIDRs allowed to transfer the zone over TCP
+    notify: list[str] = []  # "ip:port" secondaries told of every change
+
+    @field_validator("zone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        v = v.lower().rstrip(".")
+        if not v or any(not label or len(label) > 63 for label in v.split(".")):
+            raise ValueError(f"{v!r} is not a DNS zone name")
+        return v
+
+    @field_validator("dns_listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        if v:
+            parse_hostport(v)
+        return v
+
+    @field_validator("axfr_allow")
+    @classmethod
+    def _allow(cls, v: list[str]) -> list[str]:
+        for net in v:
+            ipaddress.ip_network(net, strict=False)
+        return v
+
+    @field_validator("notify")
+    @classmethod
+    def _notify(cls, v: list[str]) -> list[str]:
+        for hop in v:
+            ipaddress.ip_address(parse_hostport(hop, 53)[0])
+        return v
+
+
 class AuthSettings(_Section):
     users_file: str = ""
     enforce_sender: bool = True
@@ -241,6 +283,7 @@ class Settings(_Section):
     relaytest: RelayTestSettings = RelayTestSettings()
     auth: AuthSettings = AuthSettings()
     delivery: DeliverySettings = DeliverySettings()
+    dnsbl: DNSBLSettings = DNSBLSettings()
     trace: TraceSettings = TraceSettings()
     aliases: dict[Address, list[Address]] = {}
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import ssl
+from collections.abc import Awaitable, Callable
 
 from . import log
 from .config import Settings
+from .dnsbl.dnsserver import DNSServer
+from .dnsbl.zone import Zone
 from .mta.queue_dir import QueueDir
 from .mta.queue_runner import QueueRunner
 from .mta.server import MailServer
@@ -23,6 +26,16 @@ def tls_context(settings: Settings) -> ssl.SSLContext:
     return server_context(cert, key)
 
 
+async def _every_second(job: Callable[[], Awaitable[None]]) -> None:
+    """Run a maintenance job once a second; a failure is logged, never fatal."""
+    while True:
+        await asyncio.sleep(1.0)
+        try:
+            await job()
+        except Exception as e:  # keep serving whatever one job does
+            log.event("job-failed", job=getattr(job, "__qualname__", "?"), error=repr(e))
+
+
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     """Run until SIGTERM or SIGINT."""
     mta = MailServer(settings, tls_context(settings))
@@ -33,6 +46,11 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     from .relaytest.selfcheck import start_self_check  # issue 4: test our own listeners
 
     check_task = start_self_check(settings)
+    dns = DNSServer(settings.dnsbl, Zone(settings.dnsbl.zone)) if settings.dnsbl.dns_listen else None
+    dns_task = None
+    if dns is not None:
+        await dns.start()
+        dns_task = asyncio.get_running_loop().create_task(_every_second(dns.notify_if_changed))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -46,6 +64,9 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         log.event("stopping")
         await mta.stop()
         queue_task.cancel()
-        if check_task is not None:
-            check_task.cancel()
+        for task in (check_task, dns_task):
+            if task is not None:
+                task.cancel()
+        if dns is not None:
+            await dns.stop()
         await runner.stop()
