@@ -80,7 +80,8 @@ NO_DNS = 'dns_servers = ["127.0.0.1:9"]'
 
 
 def start_server(root: Path, extra: str = "", users: dict[str, str] | None = None, tables: str = "",
-                 delivery: str = NO_DNS, domains: tuple[str, ...] = ("localhost", "example.test")) -> Server:
+                 delivery: str = NO_DNS, domains: tuple[str, ...] = ("localhost", "example.test"),
+                 dnsbl: str = "") -> Server:
     """Write a config into `root` (`extra` lines go into [smtp], `delivery` into [delivery], `tables` at the end), add users, start `relayguard serve` and wait for its ports."""
     root.mkdir(parents=True, exist_ok=True)
     smtp_port, sub_port = free_port(), free_port()
@@ -102,6 +103,10 @@ local = {json.dumps(list(domains))}
 
 [delivery]
 {delivery}
+
+[dnsbl]
+dns_listen = "127.0.0.1:{free_port()}"
+{dnsbl}
 
 {tables}
 """
@@ -149,8 +154,8 @@ def make_server(tmp_path: Path):
     started: list[Server] = []
 
     def make(extra: str = "", users: dict[str, str] | None = None, name: str = "srv", tables: str = "",
-             delivery: str = NO_DNS) -> Server:
-        srv = start_server(tmp_path / f"{name}{len(started)}", extra, users, tables, delivery)
+             delivery: str = NO_DNS, dnsbl: str = "") -> Server:
+        srv = start_server(tmp_path / f"{name}{len(started)}", extra, users, tables, delivery, dnsbl=dnsbl)
         started.append(srv)
         return srv
 

@@ -44,6 +44,8 @@ def test_recipient_decisions():
     assert rcpt("friend@remote.test", identity="alice@example.test") == (250, "relay")
     assert rcpt("user@1.2.3.4", identity="alice@example.test")[0] == 501
     assert rcpt("u@[127.0.0.1]") == (550, "unknown user")  # our own listen address is local
+    assert rcpt("Postmaster") == (250, "local")  # RFC 5321 4.5.1
+    assert POLICY.routes([box("<Postmaster>")]).local == [("postmaster", "example.test")]
 
 
 def test_alias_expansion_is_recursive_deduplicated_and_bounded():

@@ -45,6 +45,12 @@ class Policy:
         r = resolve(parse_path(address, allow_null=False), self.local_domains)
         return f"{r.local}@{r.domain}".lower()
 
+    def qualify(self, box: Mailbox) -> Mailbox:
+        """RFC 5321 4.5.1: `RCPT TO:<Postmaster>` (no domain) must be accepted, for our first domain."""
+        if not box.domain and box.local.lower() == "postmaster":
+            return Mailbox(box.local, self.settings.domains.local[0])
+        return box
+
     def trusted(self, client_ip: str) -> bool:
         return is_trusted(client_ip, self.networks)
 
@@ -66,7 +72,7 @@ class Policy:
     def check_recipient(self, box: Mailbox, text: str, *, client_ip: str, identity: str | None) -> tuple[Reply, str]:
         """The RCPT reply and the reason to log."""
         try:
-            r = resolve(box, self.local_domains)
+            r = resolve(self.qualify(box), self.local_domains)
         except AddressError as e:
             return Reply(e.code, e.enhanced, f"<{text}>: Recipient address rejected: {e.text}"), "bad address"
         decision = relay_decision(r, authenticated=identity is not None, trusted=self.trusted(client_ip), original=text)
@@ -84,7 +90,7 @@ class Policy:
         todo = [(box, 0) for box in rcpts]
         while todo:
             box, depth = todo.pop(0)
-            r = resolve(box, self.local_domains)
+            r = resolve(self.qualify(box), self.local_domains)
             key = f"{r.local}@{r.domain}".lower()
             if r.is_local and not r.routed and key in self.aliases and depth < _ALIAS_DEPTH:
                 todo += [(parse_path(t, allow_null=False), depth + 1) for t in self.aliases[key]]
