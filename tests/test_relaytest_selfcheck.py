@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
+import io
 import time
 
+from relayguard import log
 from relayguard.config import load_text
 from relayguard.relaytest.selfcheck import plan, read_status, self_check_once
 
@@ -35,7 +36,7 @@ def test_serve_skips_when_the_source_would_be_trusted(make_server):
     assert "verdict=skipped" in line and "trusted_networks" in line and "WARNING" in line
 
 
-def test_an_open_listener_is_logged_as_critical(tmp_path, caplog):
+def test_an_open_listener_is_logged_as_critical(tmp_path):
     async def go():
         mta = FakeMTA(accepts=lambda rcpt: "%" in rcpt)
         port = await mta.start()
@@ -46,9 +47,13 @@ def test_an_open_listener_is_logged_as_critical(tmp_path, caplog):
         finally:
             await mta.stop()
 
-    with caplog.at_level(logging.INFO, logger="relayguard"):
+    captured = io.StringIO()
+    log.setup("info", captured)
+    try:
         settings, (result,) = asyncio.run(go())
+    finally:
+        log.setup("info")
     assert result.verdict.value == "open"
-    critical = [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL]
+    critical = [line for line in captured.getvalue().splitlines() if " CRITICAL " in line]
     assert len(critical) == 1 and "verdict=open" in critical[0] and "R1" in critical[0]
     assert read_status(settings)["listeners"][0]["verdict"] == "open"

@@ -7,6 +7,7 @@ password checks and durable storage (both in threads, off the event loop).
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
 import time
@@ -21,6 +22,7 @@ from ..smtp import protocol as p
 from ..smtp.replies import AUTH_FAILED, LOCAL_ERROR, Reply
 from .policy import Policy
 from .received import TLSInfo, received_header
+from .reject import RejectGate
 from .queue import QueueEntry, Recipient
 from .queue_runner import QueueRunner
 from .store import MessageFile, Store, new_queue_id
@@ -81,9 +83,12 @@ class MailServer:
         self.sessions: set[Session] = set()
         self.servers: list[asyncio.base_events.Server] = []
         self.runner: QueueRunner | None = None
+        self.reject = RejectGate.from_settings(settings, self.policy.trusted)  # issue 6: DNSBL checks, or None
 
     async def start(self) -> None:
         self.store.prepare()
+        if self.reject is not None:
+            self.reject.start()
         for addr in self.settings.smtp.listen:
             await self._listen(addr, submission=False)
         for addr in self.settings.smtp.submission_listen:
@@ -124,6 +129,8 @@ class MailServer:
         await self.store_message(msg, "", [box], "127.0.0.1", self.settings.server.hostname, "")
 
     async def stop(self) -> None:
+        if self.reject is not None:
+            self.reject.stop()
         for server in self.servers:
             server.close()
         for session in list(self.sessions):
@@ -148,6 +155,7 @@ class Session(asyncio.Protocol):
         self.tls: TLSInfo | None = None
         self.rdns: str | None = None
         self.task: asyncio.Task[None] | None = None
+        self.dnsbl = None  # issue 6: this session's DNSBL Decision, once checked
 
     # asyncio callbacks -----------------------------------------------------------------------
 
@@ -221,11 +229,18 @@ class Session(asyncio.Protocol):
         s = self.server.settings.smtp
         deadline = time.monotonic() + s.session_timeout
         try:
+            gate = self.server.reject.connect_check(self.ip, self.submission) if self.server.reject else None
             if s.reverse_dns:
                 self.rdns = await reverse_dns(self.ip)
             if s.greet_pause:
                 await asyncio.sleep(s.greet_pause)
-            self.conn.greeting()
+            if gate is not None:  # issue 6: postscreen-style check before the greeting
+                self.dnsbl = await gate
+            refusal = RejectGate.connect_reply(self.dnsbl) if self.dnsbl is not None else None
+            if refusal is not None:
+                self.conn.close(refusal, "dnsbl")
+            else:
+                self.conn.greeting()
             while not self.lost:
                 event = self.conn.next_event()
                 if event is not None:
@@ -277,12 +292,16 @@ class Session(asyncio.Protocol):
         match event:
             case p.MailFrom(mailbox=box):
                 reply = srv.policy.check_sender(box, conn.identity)
-                log.event("mail", client=self.ip, sender=box, user=conn.identity or "", result=reply.code)
+                log.event("mail", logging.DEBUG if reply.positive else logging.INFO, client=self.ip, sender=box,
+                          user=conn.identity or "", result=reply.code)
                 conn.reply(reply)
             case p.RcptTo(mailbox=box, text=text):
                 reply, reason = srv.policy.check_recipient(box, text, client_ip=self.ip, identity=conn.identity)
+                if reply.positive and srv.reject is not None:  # issue 6: DNSBL check at RCPT
+                    reply, reason = await srv.reject.check_rcpt(self, reply, reason)
                 decision = "accept" if reply.positive else "reject"
-                log.event("rcpt", client=self.ip, rcpt=text, decision=decision, reason=reason, reply=reply.code)
+                log.event("rcpt", logging.DEBUG if reply.positive else logging.INFO, client=self.ip, rcpt=text,
+                          decision=decision, reason=reason, reply=reply.code)
                 conn.reply(reply)
             case p.DataStart():
                 self._start_message()
@@ -301,7 +320,7 @@ class Session(asyncio.Protocol):
             case p.StartTLS():
                 await self._start_tls()
             case p.Closing(reason=reason):
-                log.event("close", client=self.ip, reason=reason)
+                log.event("close", logging.DEBUG if reason == "quit" else logging.INFO, client=self.ip, reason=reason)
             case p.Helo() | p.Reset():
                 pass
 
@@ -323,6 +342,8 @@ class Session(asyncio.Protocol):
                 when=datetime.now(timezone.utc),
             )
         )
+        if self.dnsbl is not None:  # issue 6: the DNSBL score of accepted mail
+            self.message.write(RejectGate.header(self))
 
     async def _commit(self) -> Reply:
         msg, env, conn = self.message, self.conn.envelope, self.conn
