@@ -253,5 +253,11 @@ from .cli_trace import trace as _trace  # noqa: E402  (trace a spam to its origi
 app.command("trace")(_trace)
 
 
+from .cli_audit import audit as _audit  # noqa: E402  (configuration audit, issue 8)
+
+app.command("audit")(_audit)
+
+
+
 def main() -> None:
     app()
