@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relayguard.dnsbl.responder import Responder, ZoneInfo
-from relayguard.dnsbl.zone import Listing, Zone, query_ip
+from relayguard.dnsbl.zone import Listing, Zone, query_address
 
 ZONE = "bl.relayguard.test"
 
@@ -133,12 +133,12 @@ def test_mutated_queries_never_crash(data):
 @given(st.ip_addresses(v=4))
 def test_query_name_round_trip(ip):
     labels = [part.encode() for part in reversed(str(ip).split("."))]
-    assert query_ip(labels) == ip
+    assert query_address(labels) == (4, int(ip), str(ip))
 
 
 @pytest.mark.parametrize("labels", [[b"1", b"2", b"3"], [b"256", b"0", b"0", b"1"], [b"01", b"0", b"0", b"1"], [b"g"] * 32, [b"ab"] * 32])
 def test_bad_query_names(labels):
-    assert query_ip(labels) is None
+    assert query_address(labels) is None
 
 
 def test_zone_add_remove_and_entries():
@@ -150,3 +150,13 @@ def test_zone_add_remove_and_entries():
     singles = [str(n.network_address) for n, _ in zone.entries() if n.version == 4 and n.prefixlen == 32]
     assert singles == ["10.0.0.1", "10.0.0.3", "127.0.0.2"]
     assert zone.lookup(ipaddress.ip_address("::ffff:10.0.0.1")) is not None
+
+
+@given(st.lists(st.integers(0, 2**32 - 1), max_size=300), st.lists(st.integers(0, 2**32 - 1), max_size=50))
+def test_bulk_load_merges_sorted_and_unique(bulk, single):
+    zone = Zone(ZONE)
+    for ip in single:
+        zone.add(ipaddress.IPv4Address(ip).compressed)
+    zone.add_many(iter(bulk))
+    expected = sorted(set(bulk) | set(single) | {0x7F000002})
+    assert [int(n.network_address) for n, _ in zone.entries() if n.version == 4] == expected

@@ -1,6 +1,6 @@
-"""The DNSBL's DNS server: asyncio over UDP and TCP, answers from the in-memory Zone.
+"""The DNSBL's DNS server: UDP in a thread, TCP in asyncio, answers from the in-memory Zone.
 
-UDP answers are built in the datagram callback (no task per query). TCP carries the same
+TCP carries the same
 queries with a length prefix, several per connection, plus zone transfers (AXFR) for the
 addresses in `axfr_allow`; every change to the zone sends NOTIFY to the configured secondaries.
 """
@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import secrets
+import socket
 import struct
+import threading
 from collections.abc import Iterator
 
 from .. import log
@@ -32,21 +34,41 @@ def zone_info(settings: DNSBLSettings) -> ZoneInfo:
     )
 
 
-class _UDP(asyncio.DatagramProtocol):
-    def __init__(self, responder: Responder) -> None:
+class _UDPThread:
+    """UDP queries answered in a thread of their own with blocking recvfrom/sendto.
+
+    Per datagram this skips the event loop entirely (selector, callbacks), which is most of
+    the cost of a query in asyncio; the zone is read lock-free (see zone.py).
+    """
+
+    def __init__(self, responder: Responder, host: str, port: int) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.bind((host, port))
+        self.sock.settimeout(0.5)
         self.responder = responder
-        self.transport: asyncio.DatagramTransport | None = None
+        self._stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, name="dnsbl-udp", daemon=True)
+        self.thread.start()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def _serve(self) -> None:
+        receive, send, answer = self.sock.recvfrom, self.sock.sendto, self.responder.answer
+        while not self._stopping.is_set():
+            try:
+                data, peer = receive(65535)
+            except OSError:  # timeout (to check for stop), or a client's ICMP error
+                continue
+            try:
+                out = answer(data)
+                if out is not None:
+                    send(out, peer)
+            except Exception as e:  # one bad packet must never stop the server
+                log.event("dns-error", client=peer[0], error=repr(e))
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        out = self.responder.answer(data)
-        if out is not None and self.transport is not None:
-            self.transport.sendto(out, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        pass  # ICMP errors from clients that went away: nothing to do
+    def stop(self) -> None:
+        self._stopping.set()
+        self.thread.join(2)
+        self.sock.close()
 
 
 class DNSServer:
@@ -55,21 +77,20 @@ class DNSServer:
         self.zone = zone
         self.responder = Responder(zone, zone_info(settings))
         self.allow = [ipaddress.ip_network(n, strict=False) for n in settings.axfr_allow]
-        self._udp: asyncio.DatagramTransport | None = None
+        self._udp: _UDPThread | None = None
         self._tcp: asyncio.base_events.Server | None = None
         self._notified_serial = 0
 
     async def start(self) -> None:
         host, port = parse_hostport(self.settings.dns_listen)
-        loop = asyncio.get_running_loop()
-        self._udp, _ = await loop.create_datagram_endpoint(lambda: _UDP(self.responder), local_addr=(host, port))
+        self._udp = _UDPThread(self.responder, host, port)
         self._tcp = await asyncio.start_server(self._tcp_client, host, port, reuse_address=True)
         self._notified_serial = self.zone.serial
         log.event("listen", service="dnsbl-dns", address=self.settings.dns_listen, zone=self.zone.origin)
 
     async def stop(self) -> None:
         if self._udp is not None:
-            self._udp.close()
+            await asyncio.to_thread(self._udp.stop)
         if self._tcp is not None:
             self._tcp.close()
             await self._tcp.wait_closed()

@@ -13,7 +13,11 @@ import time
 from dataclasses import dataclass
 
 from . import wire
-from .zone import Zone, query_ip
+from .zone import Zone, query_address
+
+
+_CACHE_SIZE = 65536  # responses kept; emptied when full or when the zone changes
+_CACHE_MAX_QUERY = 512  # larger packets are unusual: not worth a cache slot
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,8 @@ class Responder:
         self._epoch = int(time.time())
         self._soa_version = -1
         self._soa = b""
+        self._cache: dict[tuple[bool, bytes], bytes] = {}
+        self._cache_serial = -1
 
     @property
     def serial(self) -> int:
@@ -55,6 +61,26 @@ class Responder:
         return self._soa
 
     def answer(self, data: bytes, *, tcp: bool = False) -> bytes | None:
+        """The response to one packet (None: drop it), from the cache when the zone is unchanged.
+
+        A response depends only on the packet after its ID and on the zone, so the packet without
+        its ID is the cache key; any zone change (a new serial) empties the cache.
+        """
+        if self._cache_serial != self.zone.serial:
+            self._cache.clear()
+            self._cache_serial = self.zone.serial
+        key = (tcp, data[2:])
+        cached = self._cache.get(key)
+        if cached is not None:
+            return data[:2] + cached
+        out = self._answer(data, tcp)
+        if out is not None and len(data) <= _CACHE_MAX_QUERY:
+            if len(self._cache) >= _CACHE_SIZE:
+                self._cache.clear()
+            self._cache[key] = out[2:]
+        return out
+
+    def _answer(self, data: bytes, tcp: bool) -> bytes | None:
         try:
             q = wire.parse_query(data)
         except wire.Malformed as e:
@@ -72,16 +98,16 @@ class Responder:
             return wire.response(q, wire.REFUSED, max_size=max_size)
         if not prefix:
             return self._apex(q, apex, negative, max_size)
-        ip = query_ip(list(prefix))
-        listing = self.zone.lookup(ip) if ip is not None else None
-        if listing is None:
+        address = query_address(list(prefix))
+        listing = self.zone.lookup_int(address[0], address[1]) if address is not None else None
+        if listing is None or address is None:
             return wire.response(q, wire.NXDOMAIN, authority=negative, max_size=max_size)
         qname = wire.pointer(12)
         answers = []
         if q.qtype in (wire.TYPE_A, wire.TYPE_ANY):
             answers.append(wire.rr(qname, wire.TYPE_A, self.info.ttl, ipaddress.IPv4Address(listing.code).packed))
         if q.qtype in (wire.TYPE_TXT, wire.TYPE_ANY):
-            answers.append(wire.rr(qname, wire.TYPE_TXT, self.info.ttl, wire.txt_rdata(listing.txt(str(ip)))))
+            answers.append(wire.rr(qname, wire.TYPE_TXT, self.info.ttl, wire.txt_rdata(listing.txt(address[2]))))
         return wire.response(q, wire.NOERROR, answers, [] if answers else negative, max_size=max_size)
 
     def _apex(self, q: wire.Query, apex: bytes, negative: list[bytes], max_size: int | None) -> bytes:

@@ -3,16 +3,22 @@
 Single IPv4 addresses, the bulk of an open-relay list, live in one sorted `array('I')` (4 bytes
 each, like rbldnsd's ip4tset); their answer is the zone's default listing unless an exception
 says otherwise. Networks (CIDR) and IPv6 entries are few and kept per prefix length in dicts.
+
+Changes replace these containers instead of editing them, so the DNS thread always reads a
+consistent snapshot without a lock.
 """
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 from array import array
 from bisect import bisect_left
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_CHUNK = 65536  # addresses sorted at a time by add_many
 
 
 @dataclass(frozen=True)
@@ -56,15 +62,19 @@ class Zone:
         net = self._network(entry)
         if net.version == 4 and net.prefixlen == 32:
             ip = int(net.network_address)
-            i = bisect_left(self._v4, ip)
-            if i == len(self._v4) or self._v4[i] != ip:
-                self._v4.insert(i, ip)
+            singles = self._v4
+            i = bisect_left(singles, ip)
+            if i == len(singles) or singles[i] != ip:
+                self._v4 = singles[:i] + array("I", [ip]) + singles[i:]
             if listing is None or listing == self.default:
                 self._v4_other.pop(ip, None)
             else:
                 self._v4_other[ip] = listing
         else:
-            self._nets.setdefault((net.version, net.prefixlen), {})[int(net.network_address)] = listing or self.default
+            key = (net.version, net.prefixlen)
+            nets = dict(self._nets)
+            nets[key] = {**nets.get(key, {}), int(net.network_address): listing or self.default}
+            self._nets = nets
         self.serial += 1
 
     def remove(self, entry: str | IPNetwork) -> bool:
@@ -74,34 +84,61 @@ class Zone:
         removed = False
         if net.version == 4 and net.prefixlen == 32:
             ip = int(net.network_address)
-            i = bisect_left(self._v4, ip)
-            if i < len(self._v4) and self._v4[i] == ip:
-                del self._v4[i]
+            singles = self._v4
+            i = bisect_left(singles, ip)
+            if i < len(singles) and singles[i] == ip:
+                self._v4 = singles[:i] + singles[i + 1 :]
                 self._v4_other.pop(ip, None)
                 removed = True
         else:
-            table = self._nets.get((net.version, net.prefixlen), {})
+            key = (net.version, net.prefixlen)
+            table = dict(self._nets.get(key, {}))
             removed = table.pop(int(net.network_address), None) is not None
+            self._nets = {**self._nets, key: table}
         if removed:
             self.serial += 1
         return removed
 
-    def replace_all(self, singles_v4: list[int]) -> None:
-        """Bulk load of single IPv4 addresses with the default listing (import, start-up)."""
-        self._v4 = array("I", sorted(set(singles_v4) | set(self._v4)))
+    def add_many(self, singles_v4: Iterable[int]) -> None:
+        """Bulk load of single IPv4 addresses with the default listing (import, start-up).
+
+        Sorted in chunks and merged, so the peak memory stays near the final 4 bytes per entry
+        instead of a list of a million Python ints.
+        """
+        runs = [self._v4]
+        chunk = array("I")
+        for ip in singles_v4:
+            chunk.append(ip)
+            if len(chunk) >= _CHUNK:
+                runs.append(array("I", sorted(chunk)))
+                chunk = array("I")
+        runs.append(array("I", sorted(chunk)))
+        merged = array("I")
+        last = -1
+        for ip in heapq.merge(*runs):
+            if ip != last:
+                merged.append(ip)
+                last = ip
+        self._v4 = merged
         self.serial += 1
 
     def lookup(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Listing | None:
         if ip.version == 6 and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
-        value = int(ip)
-        if ip.version == 4:
-            i = bisect_left(self._v4, value)
-            if i < len(self._v4) and self._v4[i] == value:
+        return self.lookup_int(ip.version, int(ip))
+
+    def lookup_int(self, version: int, value: int) -> Listing | None:
+        """The answer for an address given as (4 or 6, integer): the DNS fast path."""
+        if version == 4:
+            singles = self._v4  # one snapshot: changes replace the array, never edit it in place
+            i = bisect_left(singles, value)
+            if i < len(singles) and singles[i] == value:
                 return self._v4_other.get(value, self.default)
-        bits = 32 if ip.version == 4 else 128
-        for (version, prefix), table in self._nets.items():
-            if version == ip.version:
+        elif value >> 32 == 0xFFFF:  # ::ffff:a.b.c.d is the IPv4 address
+            return self.lookup_int(4, value & 0xFFFFFFFF)
+        bits = 32 if version == 4 else 128
+        for (v, prefix), table in self._nets.items():
+            if v == version:
                 hit = table.get(value >> (bits - prefix) << (bits - prefix))
                 if hit is not None:
                     return hit
@@ -118,21 +155,25 @@ class Zone:
         return out
 
 
-def query_ip(labels: list[bytes]) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The address a DNSBL query name stands for (RFC 5782 2.1/2.4), labels below the zone, or None."""
+def query_address(labels: list[bytes]) -> tuple[int, int, str] | None:
+    """(version, integer, text) of the address a DNSBL query name stands for (RFC 5782 2.1/2.4),
+    from the labels below the zone; None when they are no address."""
     if len(labels) == 4:
-        octets = []
+        value = 0
         for label in reversed(labels):
-            if not label.isdigit() or len(label) > 3 or (len(label) > 1 and label[0:1] == b"0"):
+            if not label.isdigit() or len(label) > 3 or (len(label) > 1 and label[0] == 48):
                 return None
             n = int(label)
             if n > 255:
                 return None
-            octets.append(n)
-        return ipaddress.IPv4Address(bytes(octets))
+            value = value << 8 | n
+        return 4, value, b".".join(reversed(labels)).decode()
     if len(labels) == 32:
-        hexdigits = b"".join(reversed(labels)).lower()
-        if any(len(label) != 1 for label in labels) or not all(c in b"0123456789abcdef" for c in hexdigits):
+        if any(len(label) != 1 for label in labels):
             return None
-        return ipaddress.IPv6Address(int(hexdigits, 16))
+        try:
+            value = int(b"".join(reversed(labels)), 16)
+        except ValueError:
+            return None
+        return 6, value, str(ipaddress.IPv6Address(value))
     return None
