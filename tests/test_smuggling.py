@@ -7,9 +7,9 @@ postmaster@localhost can be counted exactly.
 from __future__ import annotations
 
 import secrets
-import socket
 
 import pytest
+from raw_smtp import Raw
 
 HELO = b"client.example"
 
@@ -24,51 +24,6 @@ SEQUENCES = {
     "CRLF.NUL-CRLF": (b"\r\n.\x00\r\n", False),
     "CRLF.CRCRLF": (b"\r\n.\r\r\n", True),
 }
-
-
-class Raw:
-    """A raw SMTP client socket with a reply parser (bounded by the socket timeout)."""
-
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.buf = b""
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def _fill(self) -> bool:
-        chunk = self.sock.recv(65536)
-        self.buf += chunk
-        return bool(chunk)
-
-    def reply(self) -> tuple[int, str]:
-        """The next complete reply: (code, text of all lines joined by newlines)."""
-        lines: list[bytes] = []
-        for _ in range(1000):
-            while b"\r\n" not in self.buf:
-                if not self._fill():
-                    raise ConnectionError(f"EOF after {lines!r} {self.buf!r}")
-            line, self.buf = self.buf.split(b"\r\n", 1)
-            lines.append(line)
-            if len(line) < 4 or line[3:4] != b"-":
-                break
-        return int(lines[0][:3]), "\n".join(x.decode() for x in lines)
-
-    def rest(self) -> list[tuple[int, str]]:
-        """Every reply until the server closes the connection."""
-        out = []
-        for _ in range(100):
-            if not self.buf:
-                try:
-                    if not self._fill():
-                        return out
-                except ConnectionResetError:
-                    return out
-            out.append(self.reply())
-        raise AssertionError(f"too many replies: {out}")
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def strip_received(message: bytes) -> bytes:

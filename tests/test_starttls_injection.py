@@ -3,50 +3,20 @@
 from __future__ import annotations
 
 import base64
-import socket
 
 import pytest
 
-from conftest import client_tls
+from raw_smtp import Raw
 
 
-class Raw:
-    """A raw SMTP client socket (plain, then TLS) with a reply parser."""
-
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
-        self.sock: socket.socket = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.buf = b""
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def reply(self) -> tuple[int, list[str]]:
-        lines: list[str] = []
-        for _ in range(1000):
-            while b"\r\n" not in self.buf:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    raise ConnectionError(f"EOF after {lines!r} {self.buf!r}")
-                self.buf += chunk
-            line, self.buf = self.buf.split(b"\r\n", 1)
-            lines.append(line.decode())
-            if len(line) < 4 or line[3:4] != b"-":
-                break
-        return int(lines[0][:3]), lines
-
-    def starttls(self) -> None:
-        # Nothing but the 220 may have arrived in clear: no reply to injected commands.
-        assert self.buf == b"", self.buf
-        self.sock = client_tls().wrap_socket(self.sock)
-        assert self.sock.version() is not None
-
-    def close(self) -> None:
-        self.sock.close()
+def lines_of(c: Raw) -> tuple[int, list[str]]:
+    code, text = c.reply()
+    return code, text.split("\n")
 
 
 def ehlo(c: Raw, name: str) -> list[str]:
     c.send(f"EHLO {name}\r\n".encode())
-    code, lines = c.reply()
+    code, lines = lines_of(c)
     assert code == 250, lines
     return lines
 
@@ -66,19 +36,19 @@ def test_plaintext_after_starttls_is_discarded(server, name, port_kind):
         assert c.reply()[0] == 220
         ehlo(c, "before.example")
         c.send(INJECTIONS[name])  # one write: STARTTLS plus the injected commands
-        code, lines = c.reply()
+        code, lines = lines_of(c)
         assert code == 220, lines
-        c.starttls()
+        c.wrap_tls()
         # The first reply inside TLS is the one to our own EHLO, not to an injected command.
         lines = ehlo(c, "inside.example")
         assert lines[0] == "250-mx.relayguard.test", lines
         assert "250-STARTTLS" not in lines
         # The injected MAIL never ran: no transaction is open.
         c.send(b"RCPT TO:<postmaster@localhost>\r\n")
-        code, lines = c.reply()
+        code, lines = lines_of(c)
         assert (code, lines[0][:9]) == (503, "503 5.5.1"), lines
         c.send(b"DATA\r\n")
-        code, lines = c.reply()
+        code, lines = lines_of(c)
         assert (code, lines[0][:9]) == (503, "503 5.5.1"), lines
         c.send(b"QUIT\r\n")
         assert c.reply()[0] == 221
@@ -98,7 +68,7 @@ def test_injected_commands_do_not_run_with_valid_transaction(server):
             b"RCPT TO:<postmaster@localhost>\r\nDATA\r\nSubject: injected\r\n\r\ninjected\r\n.\r\n"
         )
         assert c.reply()[0] == 220
-        c.starttls()
+        c.wrap_tls()
         lines = ehlo(c, "inside.example")
         assert lines[0] == "250-mx.relayguard.test"
         c.send(b"QUIT\r\n")
@@ -123,16 +93,16 @@ def test_auth_only_offered_and_accepted_under_tls(make_server, port_kind):
         assert "250-STARTTLS" in lines
         assert not any(line[4:].upper().startswith("AUTH") for line in lines), lines
         c.send(AUTH_PLAIN.encode() + b"\r\n")
-        code, lines = c.reply()
+        code, lines = lines_of(c)
         assert (code, lines[0][:10]) == (538, "538 5.7.11"), lines
         c.send(b"STARTTLS\r\n")
         assert c.reply()[0] == 220
-        c.starttls()
+        c.wrap_tls()
         lines = ehlo(c, "client.example")
         assert "250-AUTH PLAIN LOGIN" in lines, lines
         assert "250-STARTTLS" not in lines
         c.send(AUTH_PLAIN.encode() + b"\r\n")
-        code, lines = c.reply()
+        code, lines = lines_of(c)
         assert (code, lines[0][:9]) == (235, "235 2.7.0"), lines
         # Once authenticated, AUTH is no longer offered.
         lines = ehlo(c, "client.example")
