@@ -572,7 +572,7 @@ def check(cfg: EximConfig) -> list[Finding]:
             if v is V.TRUE:
                 add(Severity.OPEN_RELAY, "exim/domainlist-wide", opt.file, opt.line, f"domainlist {name} = {opt.value}",
                     f"{name} matches any domain, so the relay check (domains = +local_domains : +relay_to_domains) passes for every recipient.",
-                    f"List your own domains in local_domains and only the domains you relay for in relay_to_domains.")
+                    "List your own domains in local_domains and only the domains you relay for in relay_to_domains.")
                 wide_lists.add(name)
             elif v is V.CHOICE:
                 add(Severity.WEAKNESS, "exim/domainlist-mx", opt.file, opt.line, f"domainlist {name} = {opt.value}",

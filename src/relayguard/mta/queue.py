@@ -8,7 +8,7 @@ a restart resumes exactly where the last durable update left it.
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 PENDING, SENT, FAILED = "pending", "sent", "failed"

@@ -36,16 +36,16 @@ import socket
 import ssl
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Callable, Iterable, Sequence
 
 from ..config import parse_hostport
 from . import catalogue
-from .canary import Arrival, Canary, CanaryReceiver, MaildirWatcher, new_token
+from .canary import Canary, CanaryReceiver, MaildirWatcher, new_token
 from .catalogue import CASES, SMUGGLING, Case, Smuggle
 from .reply import ReplyError, ReplyParser, ServerReply, ehlo_keywords
-from .result import (MODES, CaseResult, Exchange, Outcome, SmuggleResult, TargetResult, Verdict, decide,
+from .result import (MODES, CaseResult, Exchange, Outcome, SmuggleResult, TargetResult, decide,
                      fill_values)
 
 
