@@ -18,6 +18,8 @@ import pytest
 
 from relayguard.mta.users import UserDB
 
+from pg_fixture import postgres  # noqa: F401,E402  (issue 5: a private PostgreSQL cluster, session-wide)
+
 USERS = {"alice@localhost": "alice-secret", "bob@example.test": "bob-secret"}
 
 

@@ -242,7 +242,6 @@ def queue_release(queue_id: str, config: ConfigOpt = None) -> None:
     _set_held(config, queue_id, False)
 
 
-
 from .cli_relaytest import relaytest as _relaytest  # noqa: E402  (the open-relay tester, issue 4)
 
 app.command("relaytest")(_relaytest)
@@ -257,6 +256,11 @@ from .cli_audit import audit as _audit  # noqa: E402  (configuration audit, issu
 
 app.command("audit")(_audit)
 
+
+from .cli_dnsbl import dnsbl_app, policyd as _policyd  # noqa: E402  (DNSBL checks, Postfix policy server, issue 6)
+
+app.add_typer(dnsbl_app, name="dnsbl")
+app.command("policyd")(_policyd)
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import re
 import socket
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -201,6 +201,24 @@ class DNSBLSettings(_Section):
     hostmaster: str = ""  # SOA contact; default hostmaster.<zone>
     axfr_allow: list[str] = []  # CIDRs allowed to transfer the zone over TCP
     notify: list[str] = []  # "ip:port" secondaries told of every change
+    # the list's lifecycle: tests, limits, removal, export (issue 5; docs/dnsbl.md)
+    txt: str = "Open relay: listed after a confirmed relay test; see https://bl.relayguard.test/lookup?ip=$"  # TXT; $ = the IP
+    contact: str = ""  # published contact for listing questions (RFC 6471); default postmaster@<server.hostname>
+    test_port: Annotated[int, Field(gt=0, lt=65536)] = 25  # SMTP port nominated hosts are tested on
+    test_concurrency: PositiveInt = 4  # relay tests at once
+    retest_days: PositiveFloat = 90.0  # listed hosts are re-tested this often
+    expire_days: PositiveFloat = 180.0  # a listing not re-confirmed for this long expires
+    retry_hours: PositiveFloat = 24.0  # next try after a re-test that could not reach the host
+    cooldown: Annotated[float, Field(ge=0)] = 3600.0  # seconds: no second test of one host within this
+    requests_per_hour: PositiveInt = 10  # nominations + removal requests per requester
+    host_requests_per_day: PositiveInt = 50  # per host, from anyone
+    removal_confirm: bool = False  # mail a confirmation token to the contact before the re-test
+    confirm_hours: PositiveFloat = 48.0
+    confirm_url: str = ""  # link in the confirmation mail; "{token}" is replaced
+    mail_via: str = ""  # relayguard's SMTP listener for that mail; "" = the first [smtp] listen
+    mail_from: str = ""  # default dnsbl@<server.hostname>
+    allow_private: bool = False  # test and list private/loopback addresses (labs and tests only)
+    export_dir: str = ""  # `dnsbl export` default folder; "" = <data_dir>/dnsbl
 
     @field_validator("zone")
     @classmethod
@@ -229,6 +247,19 @@ class DNSBLSettings(_Section):
     def _notify(cls, v: list[str]) -> list[str]:
         for hop in v:
             ipaddress.ip_address(parse_hostport(hop, 53)[0])
+        return v
+
+
+class StoreSettings(_Section):
+    """The DNSBL database (issue 5): an SQLite file, or PostgreSQL shared by several nodes."""
+
+    url: str = "sqlite:///var/relayguard.db"  # or "postgresql+psycopg://user:password@host/db"
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not (v.startswith("sqlite:///") or v.startswith("postgresql+psycopg://")):
+            raise ValueError("must start with sqlite:/// or postgresql+psycopg://")
         return v
 
 
@@ -274,6 +305,61 @@ class TraceSettings(_Section):
         return v
 
 
+def _check_sites(v: list[str]) -> list[str]:
+    from .dnsbl.sites import parse_sites
+
+    parse_sites(v)  # SiteError (a ValueError) names the entry and the problem
+    return v
+
+
+class RejectSettings(_Section):
+    """Reject before receiving: DNSBL checks of the connecting client (docs/reject.md)."""
+
+    dnsbl_sites: list[str] = []            # postscreen syntax: "zone=127.0.0.[2..11]*3", "allow.zone*-2"
+    threshold: int = 1                      # reject when the summed weights reach this
+    check_at: Literal["rcpt", "connect"] = "rcpt"
+    on_unknown: Literal["accept", "defer"] = "accept"  # lists that did not answer: accept, or 450
+    score_header: bool = True               # X-Relayguard-DNSBL on accepted mail that scored
+    dns_servers: list[str] = []             # "ip:port"; empty = [delivery] dns_servers, else the system resolver
+    timeout: PositiveFloat = 5.0
+    cache_size: Annotated[int, Field(ge=0)] = 10000
+    min_ttl: Annotated[float, Field(ge=0)] = 60.0
+    max_ttl: Annotated[float, Field(ge=0)] = 3600.0
+    health_check: bool = True               # RFC 5782 test points: unhealthy lists are skipped
+    health_interval: PositiveFloat = 3600.0
+    check_sites: list[str] = Field(default_factory=lambda: list(_default_check_sites()))  # `dnsbl check` default
+
+    _v_sites = field_validator("dnsbl_sites", "check_sites")(_check_sites)
+
+    @field_validator("dns_servers")
+    @classmethod
+    def _reject_dns(cls, v: list[str]) -> list[str]:
+        for server in v:
+            ipaddress.ip_address(parse_hostport(server, 53)[0])
+        return v
+
+
+def _default_check_sites() -> tuple[str, ...]:
+    from .dnsbl.sites import DEFAULT_CHECK_SITES
+
+    return DEFAULT_CHECK_SITES
+
+
+class PolicydSettings(_Section):
+    """The Postfix policy server (`relayguard policyd`; `serve` starts it when [policyd] is configured)."""
+
+    enabled: bool = True
+    listen: str = "127.0.0.1:10040"
+    idle_timeout: PositiveFloat = 600.0     # Postfix keeps idle policy connections for 300 s
+    max_connections: PositiveInt = 200
+
+    @field_validator("listen")
+    @classmethod
+    def _policyd_listen(cls, v: str) -> str:
+        parse_hostport(v)
+        return v
+
+
 class Settings(_Section):
     server: ServerSettings = ServerSettings()
     smtp: SMTPSettings = SMTPSettings()
@@ -284,7 +370,10 @@ class Settings(_Section):
     auth: AuthSettings = AuthSettings()
     delivery: DeliverySettings = DeliverySettings()
     dnsbl: DNSBLSettings = DNSBLSettings()
+    store: StoreSettings = StoreSettings()
     trace: TraceSettings = TraceSettings()
+    reject: RejectSettings = RejectSettings()
+    policyd: PolicydSettings = PolicydSettings()
     aliases: dict[Address, list[Address]] = {}
 
     @field_validator("aliases", mode="before")

@@ -61,6 +61,20 @@ max_connections = 50
 max_connections_per_destination = 10
 scan_interval = 60.0           # full rescan of the queue folder
 
+[reject]                       # DNSBL checks of connecting clients (docs/reject.md)
+dnsbl_sites = []               # postscreen syntax, e.g. ["zen.spamhaus.org=127.0.0.[2..11]*3", "list.dnswl.org=127.0.[0..255].[0..3]*-2"]
+threshold = 1                  # 554 when the summed weights reach this
+check_at = "rcpt"              # or "connect": before the greeting, postscreen-style
+on_unknown = "accept"          # or "defer": 450 when lists that did not answer could change the outcome
+score_header = true            # X-Relayguard-DNSBL on accepted mail that scored
+dns_servers = []               # ["ip:port"]; empty = [delivery] dns_servers, else the system resolver
+timeout = 5.0
+health_check = true            # RFC 5782 test points; lists that fail them are skipped
+health_interval = 3600.0
+
+# [policyd]                    # uncomment: `serve` also runs the Postfix policy server
+# listen = "127.0.0.1:10040"   # Postfix: check_policy_service inet:127.0.0.1:10040
+
 [aliases]
 # "postmaster@localhost" = ["alice@localhost"]
 '''

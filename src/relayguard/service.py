@@ -51,6 +51,12 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     if dns is not None:
         await dns.start()
         dns_task = asyncio.get_running_loop().create_task(_every_second(dns.notify_if_changed))
+    from .dnsbl.checker import zone_answer  # issue 6: our own list answered from memory, not DNS
+    from .policyd import start_policyd  # issue 6: the Postfix policy server, when configured
+
+    if mta.reject is not None and dns is not None:
+        mta.reject.checker.add_local(dns.zone.origin, zone_answer(dns.zone))
+    policyd = await start_policyd(settings, mta)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -69,4 +75,6 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
                 task.cancel()
         if dns is not None:
             await dns.stop()
+        if policyd is not None:
+            await policyd.stop()
         await runner.stop()

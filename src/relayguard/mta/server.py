@@ -22,6 +22,7 @@ from ..smtp import protocol as p
 from ..smtp.replies import AUTH_FAILED, LOCAL_ERROR, Reply
 from .policy import Policy
 from .received import TLSInfo, received_header
+from .reject import RejectGate
 from .queue import QueueEntry, Recipient
 from .queue_runner import QueueRunner
 from .store import MessageFile, Store, new_queue_id
@@ -82,9 +83,12 @@ class MailServer:
         self.sessions: set[Session] = set()
         self.servers: list[asyncio.base_events.Server] = []
         self.runner: QueueRunner | None = None
+        self.reject = RejectGate.from_settings(settings, self.policy.trusted)  # issue 6: DNSBL checks, or None
 
     async def start(self) -> None:
         self.store.prepare()
+        if self.reject is not None:
+            self.reject.start()
         for addr in self.settings.smtp.listen:
             await self._listen(addr, submission=False)
         for addr in self.settings.smtp.submission_listen:
@@ -125,6 +129,8 @@ class MailServer:
         await self.store_message(msg, "", [box], "127.0.0.1", self.settings.server.hostname, "")
 
     async def stop(self) -> None:
+        if self.reject is not None:
+            self.reject.stop()
         for server in self.servers:
             server.close()
         for session in list(self.sessions):
@@ -149,12 +155,12 @@ class Session(asyncio.Protocol):
         self.tls: TLSInfo | None = None
         self.rdns: str | None = None
         self.task: asyncio.Task[None] | None = None
+        self.dnsbl = None  # issue 6: this session's DNSBL Decision, once checked
 
     # asyncio callbacks -----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername") or ("?", 0)
         self.ip = peer[0].removeprefix("::ffff:")
         srv, s = self.server, self.server.settings
@@ -222,11 +228,18 @@ class Session(asyncio.Protocol):
         s = self.server.settings.smtp
         deadline = time.monotonic() + s.session_timeout
         try:
+            gate = self.server.reject.connect_check(self.ip, self.submission) if self.server.reject else None
             if s.reverse_dns:
                 self.rdns = await reverse_dns(self.ip)
             if s.greet_pause:
                 await asyncio.sleep(s.greet_pause)
-            self.conn.greeting()
+            if gate is not None:  # issue 6: postscreen-style check before the greeting
+                self.dnsbl = await gate
+            refusal = RejectGate.connect_reply(self.dnsbl) if self.dnsbl is not None else None
+            if refusal is not None:
+                self.conn.close(refusal, "dnsbl")
+            else:
+                self.conn.greeting()
             while not self.lost:
                 event = self.conn.next_event()
                 if event is not None:
@@ -283,6 +296,8 @@ class Session(asyncio.Protocol):
                 conn.reply(reply)
             case p.RcptTo(mailbox=box, text=text):
                 reply, reason = srv.policy.check_recipient(box, text, client_ip=self.ip, identity=conn.identity)
+                if reply.positive and srv.reject is not None:  # issue 6: DNSBL check at RCPT
+                    reply, reason = await srv.reject.check_rcpt(self, reply, reason)
                 decision = "accept" if reply.positive else "reject"
                 log.event("rcpt", logging.DEBUG if reply.positive else logging.INFO, client=self.ip, rcpt=text,
                           decision=decision, reason=reason, reply=reply.code)
@@ -326,6 +341,8 @@ class Session(asyncio.Protocol):
                 when=datetime.now(timezone.utc),
             )
         )
+        if self.dnsbl is not None:  # issue 6: the DNSBL score of accepted mail
+            self.message.write(RejectGate.header(self))
 
     async def _commit(self) -> Reply:
         msg, env, conn = self.message, self.conn.envelope, self.conn
