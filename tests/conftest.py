@@ -139,6 +139,11 @@ dns_listen = "127.0.0.1:{free_port()}"
                     server.stop()
                     raise RuntimeError(f"relayguard serve did not listen: {server.log()}") from None
                 time.sleep(0.05)
+    while "event=ready" not in server.log():  # every service of the process is up
+        if proc.poll() is not None or time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError(f"relayguard serve did not get ready: {server.log()}")
+        time.sleep(0.05)
     return server
 
 

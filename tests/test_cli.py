@@ -11,6 +11,7 @@ import time
 import tomllib
 from pathlib import Path
 
+import dns.exception
 import dns.message
 import dns.query
 import pytest
@@ -104,7 +105,12 @@ def test_serve_on_the_builtin_defaults(tmp_path):
         assert len(list((tmp_path / "var/mail/localhost/postmaster/new").iterdir())) == 1
         assert (tmp_path / "var/tls/cert.pem").exists()
         query = dns.message.make_query("2.0.0.127.bl.relayguard.test", "A")
-        answer = dns.query.udp(query, "127.0.0.1", port=5300, timeout=5)
+        for _ in range(20):  # the DNS listener opens after the SMTP ones
+            try:
+                answer = dns.query.udp(query, "127.0.0.1", port=5300, timeout=0.5)
+                break
+            except (OSError, dns.exception.Timeout):
+                continue
         assert [rr.to_text() for rr in answer.answer[0]] == ["127.0.0.2"]  # the DNSBL's RFC 5782 test point
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import socket
 import subprocess
+import sys
 import threading
+import time
 
 import dns.message
 import dns.query
@@ -138,3 +140,19 @@ def test_notify_is_sent_to_secondaries_on_change():
             assert msg.opcode() == dns.opcode.NOTIFY and msg.question[0].name.to_text() == ZONE + "."
         finally:
             r.close()
+
+
+def test_serve_answers_what_the_store_lists(make_server):
+    """`relayguard dnsbl add` against the server's store is served over DNS within a second or so."""
+    srv = make_server()
+    text = (srv.root / "relayguard.toml").read_text()
+    port = int(text.split('dns_listen = "127.0.0.1:')[1].split('"')[0])
+    query = dns.message.make_query(f"9.8.51.198.{ZONE}", "A")
+    assert dns.query.udp(query, "127.0.0.1", port=port, timeout=5).rcode() == dns.rcode.NXDOMAIN
+    r = subprocess.run([sys.executable, "-m", "relayguard", "dnsbl", "add", "198.51.8.9", "--reason", "test listing",
+                        "-c", "relayguard.toml"], cwd=srv.root, capture_output=True, text=True, timeout=60)
+    assert r.returncode in (0, 1), r.stderr
+    deadline = time.monotonic() + 10
+    while not dns.query.udp(query, "127.0.0.1", port=port, timeout=5).answer:
+        assert time.monotonic() < deadline, srv.log()
+        time.sleep(0.2)

@@ -160,3 +160,15 @@ def test_bulk_load_merges_sorted_and_unique(bulk, single):
     zone.add_many(iter(bulk))
     expected = sorted(set(bulk) | set(single) | {0x7F000002})
     assert [int(n.network_address) for n, _ in zone.entries() if n.version == 4] == expected
+
+
+def test_replace_serves_exactly_the_new_set_and_keeps_the_test_points():
+    zone = Zone(ZONE)
+    zone.add("10.0.0.1")
+    zone.replace([("10.0.0.2/32", zone.default), ("198.51.100.0/24", Listing("127.0.0.3", "range")),
+                  ("2001:db8::/64", zone.default)])
+    assert zone.lookup(ipaddress.ip_address("10.0.0.1")) is None
+    assert zone.lookup(ipaddress.ip_address("10.0.0.2")) == zone.default
+    assert zone.lookup(ipaddress.ip_address("198.51.100.7")).code == "127.0.0.3"
+    assert zone.lookup(ipaddress.ip_address("2001:db8::5")) is not None
+    assert zone.lookup(ipaddress.ip_address("127.0.0.2")) is not None

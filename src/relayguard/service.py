@@ -10,7 +10,9 @@ from collections.abc import Awaitable, Callable
 from . import log
 from .config import Settings
 from .dnsbl.dnsserver import DNSServer
-from .dnsbl.zone import Zone
+from .dnsbl.store import Store
+from .dnsbl.zone import Listing, Zone
+from .dnsbl.zone_sync import ZoneSync
 from .mta.queue_dir import QueueDir
 from .mta.queue_runner import QueueRunner
 from .mta.server import MailServer
@@ -46,16 +48,26 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     from .relaytest.selfcheck import start_self_check  # issue 4: test our own listeners
 
     check_task = start_self_check(settings)
-    dns = DNSServer(settings.dnsbl, Zone(settings.dnsbl.zone)) if settings.dnsbl.dns_listen else None
-    dns_task = None
+    # The DNSBL: the store is the truth, the zone its copy in memory, served over DNS.
+    store = Store(settings.store.url, txt=settings.dnsbl.txt)
+    zone = Zone(settings.dnsbl.zone, Listing(reason=settings.dnsbl.txt))
+    zone_sync = ZoneSync(store, zone)
+    await zone_sync.sync()
+    dns = DNSServer(settings.dnsbl, zone) if settings.dnsbl.dns_listen else None
     if dns is not None:
         await dns.start()
-        dns_task = asyncio.get_running_loop().create_task(_every_second(dns.notify_if_changed))
+
+    async def dnsbl_jobs() -> None:
+        await zone_sync.sync()
+        if dns is not None:
+            await dns.notify_if_changed()
+
+    dns_task = asyncio.get_running_loop().create_task(_every_second(dnsbl_jobs))
     from .dnsbl.checker import zone_answer  # issue 6: our own list answered from memory, not DNS
     from .policyd import start_policyd  # issue 6: the Postfix policy server, when configured
 
-    if mta.reject is not None and dns is not None:
-        mta.reject.checker.add_local(dns.zone.origin, zone_answer(dns.zone))
+    if mta.reject is not None:
+        mta.reject.checker.add_local(zone.origin, zone_answer(zone))
     policyd = await start_policyd(settings, mta)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

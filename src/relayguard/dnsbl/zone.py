@@ -122,6 +122,23 @@ class Zone:
         self._v4 = merged
         self.serial += 1
 
+    def replace(self, entries: Iterable[tuple[str, Listing]]) -> None:
+        """Serve exactly these entries (plus the test points) from now on: the store's listed set.
+
+        Built aside and swapped in, so queries meanwhile see the old set or the new one.
+        """
+        fresh = Zone(self.origin, self.default)
+        singles: list[int] = []
+        for entry, listing in entries:
+            net = self._network(entry)
+            if net.version == 4 and net.prefixlen == 32 and listing == self.default:
+                singles.append(int(net.network_address))
+            else:
+                fresh.add(net, listing)
+        fresh.add_many(singles)
+        self._v4_other, self._v4, self._nets = fresh._v4_other, fresh._v4, fresh._nets
+        self.serial += 1
+
     def lookup(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Listing | None:
         if ip.version == 6 and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
