@@ -58,6 +58,31 @@ def serve(config: ConfigOpt = None) -> None:
         raise _fail(f"cannot start: {e}") from None
 
 
+@app.command("check-config")
+def check_config(config: ConfigOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Validate the configuration without starting anything, then warn about risky settings."""
+    from .check_config import findings
+    from .relaytest.selfcheck import read_status
+    from .service import tls_context
+
+    settings = _settings(config)
+    found = findings(settings, read_status(settings))
+    if settings.tls.cert:
+        try:
+            tls_context(settings)
+        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+            raise _fail(f"tls: cannot load {settings.tls.cert} / {settings.tls.key}: {e}") from None
+    if as_json:
+        print(json.dumps([{"severity": f.severity.value, "key": f.key, "text": f.text} for f in found], indent=2))
+    else:
+        for f in found:
+            console.print(f"{f.severity.value:10} {f.key}: {f.text}", highlight=False, markup=False)
+        source = str(config) if config else config_mod.DEFAULT_FILE if Path(config_mod.DEFAULT_FILE).exists() else "built-in defaults"
+        console.print(f"{source}: valid" + (f", {len(found)} finding(s)" if found else ""), highlight=False)
+    if any(f.severity.value in ("open-relay", "weakness") for f in found):
+        raise typer.Exit(1)
+
+
 @app.command()
 def init(directory: Annotated[Path, typer.Argument(help="where to set up")] = Path("."),
          hostname: Annotated[str, typer.Option(help="the server's host name")] = "") -> None:
