@@ -84,6 +84,31 @@ def check_config(config: ConfigOpt = None, as_json: Annotated[bool, typer.Option
 
 
 @app.command()
+def status(config: ConfigOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """What runs where, queue and listing counts, the last self-check; exit 1 when unhealthy."""
+    from .status import gather
+
+    report = gather(_settings(config))
+    if as_json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        table = Table("service", "address", "state", title="relayguard " + ("healthy" if report["healthy"] else "UNHEALTHY"))
+        for x in report["listeners"]:
+            table.add_row(x["service"], x["address"], "up" if x["up"] else "[red]down[/red]")
+        console.print(table)
+        q, st = report["queue"], report["store"]
+        console.print(f"queue: {q['pending']} pending, {q['held']} held, {q['corrupt']} corrupt", highlight=False)
+        console.print(f"store {st['url']}: " + (f"{st['listed']} listed" if st["healthy"] else f"[red]{st['error']}[/red]"))
+        checks = (report["self_check"] or {}).get("listeners", [])
+        for c in checks:
+            console.print(f"self-check {c.get('target')}: {c.get('verdict')}", highlight=False)
+        if not checks:
+            console.print("self-check: none recorded")
+    if not report["healthy"]:
+        raise typer.Exit(1)
+
+
+@app.command()
 def init(directory: Annotated[Path, typer.Argument(help="where to set up")] = Path("."),
          hostname: Annotated[str, typer.Option(help="the server's host name")] = "") -> None:
     """Write a commented config, a self-signed TLS pair and the data folders."""
