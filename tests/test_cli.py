@@ -112,6 +112,10 @@ def test_serve_on_the_builtin_defaults(tmp_path):
             except (OSError, dns.exception.Timeout):
                 continue
         assert [rr.to_text() for rr in answer.answer[0]] == ["127.0.0.2"]  # the DNSBL's RFC 5782 test point
+        import urllib.request  # issue 5: the list's web pages on 127.0.0.1:8025
+
+        with urllib.request.urlopen("http://127.0.0.1:8025/lookup?ip=127.0.0.2", timeout=10) as page:
+            assert page.status == 200 and b"NOT LISTED" in page.read()
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)

@@ -360,6 +360,33 @@ class PolicydSettings(_Section):
         return v
 
 
+class WebSettings(_Section):
+    """The DNSBL's web pages and JSON API (issue 5; docs/web.md). `serve` runs it when the file has a [web] table."""
+
+    listen: str = "127.0.0.1:8025"          # "" = no web server
+    admins: list[str] = []                  # users (of the SMTP AUTH users file) who may use /admin
+    trusted_proxies: list[str] = []         # CIDRs whose X-Forwarded-For names the client
+    requests_per_minute: PositiveInt = 6    # nominations + removal requests per client IP (web and API)
+    logins_per_minute: PositiveInt = 10     # admin login attempts per client IP
+    session_hours: PositiveFloat = 12.0     # admin sessions last this long
+    secure_cookies: bool = False            # mark cookies Secure (set it behind an HTTPS proxy)
+    max_jobs: PositiveInt = 100             # web-triggered tests queued or running at once
+
+    @field_validator("listen")
+    @classmethod
+    def _web_listen(cls, v: str) -> str:
+        if v:
+            parse_hostport(v)
+        return v
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _web_proxies(cls, v: list[str]) -> list[str]:
+        for net in v:
+            ipaddress.ip_network(net, strict=False)
+        return v
+
+
 class Settings(_Section):
     server: ServerSettings = ServerSettings()
     smtp: SMTPSettings = SMTPSettings()
@@ -374,6 +401,7 @@ class Settings(_Section):
     trace: TraceSettings = TraceSettings()
     reject: RejectSettings = RejectSettings()
     policyd: PolicydSettings = PolicydSettings()
+    web: WebSettings = WebSettings()
     aliases: dict[Address, list[Address]] = {}
 
     @field_validator("aliases", mode="before")

@@ -75,6 +75,12 @@ health_interval = 3600.0
 # [policyd]                    # uncomment: `serve` also runs the Postfix policy server
 # listen = "127.0.0.1:10040"   # Postfix: check_policy_service inet:127.0.0.1:10040
 
+# [web]                        # uncomment: `serve` also runs the list's web pages and JSON API (docs/web.md)
+# listen = "127.0.0.1:8025"
+# admins = ["alice@localhost"] # users of the users file who may use /admin
+# requests_per_minute = 6      # nominations + removal requests per client address
+# trusted_proxies = []         # CIDRs of reverse proxies whose X-Forwarded-For is believed
+
 [aliases]
 # "postmaster@localhost" = ["alice@localhost"]
 '''

@@ -69,6 +69,9 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     if mta.reject is not None:
         mta.reject.checker.add_local(zone.origin, zone_answer(zone))
     policyd = await start_policyd(settings, mta)
+    from .web import start_web  # issue 5: the DNSBL's web pages and API, when [web] is configured
+
+    web = await start_web(settings, mta=mta)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -89,4 +92,6 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
             await dns.stop()
         if policyd is not None:
             await policyd.stop()
+        if web is not None:
+            await web.stop()
         await runner.stop()

@@ -64,10 +64,19 @@ class MailServer:
     """All SMTP and submission listeners of one process, sharing caps, users and storage."""
 
     def __init__(self, settings: Settings, ssl_context: ssl.SSLContext | None) -> None:
-        self.settings = settings
         self.ssl_context = ssl_context
         self.store = Store(Path(settings.server.data_dir))
         self.users = UserDB(settings.users_path)
+        self.per_ip: Counter[str] = Counter()
+        self.sessions: set[Session] = set()
+        self.servers: dict[tuple[str, bool], asyncio.base_events.Server] = {}  # (address, submission) -> listener
+        self.runner: QueueRunner | None = None
+        self.reject: RejectGate | None = None
+        self._configure(settings)
+
+    def _configure(self, settings: Settings) -> None:
+        """Everything derived from the settings; new sessions use it, sessions in flight finish as they began."""
+        self.settings = settings
         self.policy = Policy(settings, self.users)
         s = settings.smtp
         self.limits = p.Limits(
@@ -79,26 +88,39 @@ class MailServer:
             error_sleep=s.error_sleep,
         )
         self.auth_limiter = AuthRateLimiter(s.auth_attempts_per_minute)
-        self.per_ip: Counter[str] = Counter()
-        self.sessions: set[Session] = set()
-        self.servers: list[asyncio.base_events.Server] = []
-        self.runner: QueueRunner | None = None
+        if self.reject is not None:
+            self.reject.stop()
         self.reject = RejectGate.from_settings(settings, self.policy.trusted)  # issue 6: DNSBL checks, or None
+
+    def _wanted(self) -> set[tuple[str, bool]]:
+        s = self.settings.smtp
+        return {(a, False) for a in s.listen} | {(a, True) for a in s.submission_listen}
 
     async def start(self) -> None:
         self.store.prepare()
         if self.reject is not None:
             self.reject.start()
-        for addr in self.settings.smtp.listen:
-            await self._listen(addr, submission=False)
-        for addr in self.settings.smtp.submission_listen:
-            await self._listen(addr, submission=True)
+        for addr, submission in sorted(self._wanted()):
+            await self._listen(addr, submission)
+
+    async def reload(self, settings: Settings) -> None:
+        """SIGHUP: new settings, users and lists; listeners opened and closed to match; no session dropped."""
+        self.users.reload()
+        self._configure(settings)
+        if self.reject is not None:
+            self.reject.start()
+        wanted = self._wanted()
+        for key in [k for k in self.servers if k not in wanted]:
+            self.servers.pop(key).close()
+            log.event("unlisten", address=key[0])
+        for addr, submission in sorted(wanted - set(self.servers)):
+            await self._listen(addr, submission)
 
     async def _listen(self, addr: str, submission: bool) -> None:
         host, port = parse_hostport(addr)
         loop = asyncio.get_running_loop()
         server = await loop.create_server(lambda: Session(self, submission), host, port, reuse_address=True)
-        self.servers.append(server)
+        self.servers[(addr, submission)] = server
         log.event("listen", service="submission" if submission else "smtp", address=addr)
 
     async def store_message(
@@ -128,15 +150,21 @@ class MailServer:
         msg.write(message)
         await self.store_message(msg, "", [box], "127.0.0.1", self.settings.server.hostname, "")
 
-    async def stop(self) -> None:
-        if self.reject is not None:
-            self.reject.stop()
-        for server in self.servers:
+    async def stop(self, drain: float = 0.0) -> None:
+        """Stop accepting, give sessions in flight up to `drain` seconds to finish, then cut the rest."""
+        for server in self.servers.values():
             server.close()
+        deadline = time.monotonic() + drain
+        while self.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.sessions:
+            log.event("drain-timeout", sessions=len(self.sessions))
         for session in list(self.sessions):
             session.abort()
-        for server in self.servers:
+        for server in self.servers.values():
             await server.wait_closed()
+        if self.reject is not None:
+            self.reject.stop()
 
 
 class Session(asyncio.Protocol):
