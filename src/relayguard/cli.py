@@ -47,13 +47,13 @@ def _settings(path: Path | None) -> config_mod.Settings:
 
 @app.command()
 def serve(config: ConfigOpt = None) -> None:
-    """Run every enabled service (SMTP, submission) in one process."""
+    """Run every enabled service in one process (SIGHUP reloads, SIGTERM drains and stops)."""
     from .service import serve as run
 
     settings = _settings(config)
     log.setup(settings.server.log_level)
     try:
-        asyncio.run(run(settings))
+        asyncio.run(run(settings, config))
     except OSError as e:
         raise _fail(f"cannot start: {e}") from None
 

@@ -56,6 +56,7 @@ class ServerSettings(_Section):
     hostname: str = Field(default_factory=socket.getfqdn)
     data_dir: str = "var"
     log_level: str = "info"
+    shutdown_timeout: Annotated[float, Field(ge=0)] = 30.0  # SIGTERM: seconds for sessions in flight to finish
 
     @field_validator("log_level")
     @classmethod
