@@ -1,8 +1,9 @@
 """The queue folder on disk: `<id>.msg` (the message) and `<id>.json` (its QueueEntry).
 
-Every change is a read-modify-write under one lock file, written to a temporary name, fsync'd,
-renamed and followed by a directory fsync, so the CLI (hold, delete, flush) and the running
-queue never overwrite each other's changes and a crash never leaves half a record.
+Every change is a read-modify-write under the entry's own lock, written to a temporary name,
+fsync'd, renamed and followed by a directory fsync, so the CLI (hold, delete, flush) and the
+running queue never overwrite each other's changes, entries never wait for each other, and a
+crash never leaves half a record.
 """
 
 from __future__ import annotations
@@ -44,9 +45,10 @@ class QueueDir:
         self.corrupt = path / "corrupt"
 
     @contextmanager
-    def locked(self) -> Iterator[None]:
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / ".lock", "a") as lock:
+    def locked(self, queue_id: str) -> Iterator[None]:
+        """One entry's lock, on its message file (never replaced, unlike the record): other
+        entries stay free. FileNotFoundError when the entry is gone."""
+        with open(self.message_path(queue_id), "rb") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
@@ -75,38 +77,53 @@ class QueueDir:
     def save(self, entry: QueueEntry) -> None:
         write_atomic(self.path / f"{entry.queue_id}.json", json.dumps(entry.to_json()).encode())
 
-    def update(self, queue_id: str, change: Callable[[QueueEntry], None]) -> QueueEntry | None:
-        """Apply `change` to the current record and save it; None if the entry is gone."""
-        with self.locked():
-            try:
+    def update(self, queue_id: str, change: Callable[[QueueEntry], bool | None]) -> QueueEntry | None:
+        """Apply `change` to the current record and save it; when `change` returns True the
+        entry is finished and removed instead. None if the entry is gone."""
+        try:
+            with self.locked(queue_id):
                 entry = self.load(queue_id)
-            except FileNotFoundError:
-                return None
-            change(entry)
-            self.save(entry)
-            return entry
+                if change(entry) is True:
+                    self._remove(queue_id)
+                else:
+                    self.save(entry)
+                return entry
+        except FileNotFoundError:
+            return None
 
     def delete(self, queue_id: str) -> bool:
-        """Remove an entry (record first: without it the message file is ignored)."""
-        with self.locked():
-            record = self.path / f"{queue_id}.json"
-            if not record.exists():
-                return False
-            record.unlink()
-            self.message_path(queue_id).unlink(missing_ok=True)
-            fsync_dir(self.path)
-            return True
+        """Remove an entry."""
+        try:
+            with self.locked(queue_id):
+                if not (self.path / f"{queue_id}.json").exists():
+                    return False
+                self._remove(queue_id)
+                return True
+        except FileNotFoundError:
+            return False
+
+    def _remove(self, queue_id: str) -> None:
+        """Record first: without it the message file is ignored; one directory fsync for both."""
+        (self.path / f"{queue_id}.json").unlink()
+        self.message_path(queue_id).unlink(missing_ok=True)
+        fsync_dir(self.path)
 
     def quarantine(self, queue_id: str, reason: str) -> None:
         """Move an unreadable entry aside, keeping it for a person to look at."""
-        with self.locked():
-            self.corrupt.mkdir(exist_ok=True)
-            for suffix in (".json", ".msg"):
-                src = self.path / f"{queue_id}{suffix}"
-                if src.exists():
-                    os.replace(src, self.corrupt / src.name)
-            fsync_dir(self.path)
+        self.corrupt.mkdir(exist_ok=True)
+        try:
+            with self.locked(queue_id):
+                self._move_aside(queue_id)
+        except FileNotFoundError:  # no message file, so no lock to take and nobody using the entry
+            self._move_aside(queue_id)
         log.event("queue-corrupt", id=queue_id, reason=reason, moved_to=self.corrupt)
+
+    def _move_aside(self, queue_id: str) -> None:
+        for suffix in (".json", ".msg"):
+            src = self.path / f"{queue_id}{suffix}"
+            if src.exists():
+                os.replace(src, self.corrupt / src.name)
+        fsync_dir(self.path)
 
     def request_flush(self) -> None:
         """Tell a running queue to rescan now (it watches this file's time stamp)."""

@@ -80,8 +80,10 @@ class QueueRunner:
                     break
                 if queue_id not in self.in_flight:
                     self._start(queue_id)
-            upcoming = [w for q, w in self.due.items() if q not in self.in_flight]
-            timeout = min([_FLUSH_POLL] + [max(0.0, w - now) for w in upcoming])
+            timeout = _FLUSH_POLL  # at the cap, a finishing attempt wakes the loop (no busy wait)
+            if len(self.in_flight) < _PARALLEL_ENTRIES:
+                upcoming = [w for q, w in self.due.items() if q not in self.in_flight]
+                timeout = min([timeout] + [max(0.0, w - now) for w in upcoming])
             self.wake.clear()
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout)
@@ -132,10 +134,16 @@ class QueueRunner:
         by_domain: dict[str, list[str]] = defaultdict(list)
         for r in entry.pending():
             by_domain[r.address.rpartition("@")[2].lower()].append(r.address)
-        await asyncio.gather(*(self._deliver_domain(entry, d, rcpts, message) for d, rcpts in by_domain.items()))
-        await self._finish(queue_id, message, attempted=bool(by_domain))
+        # With several destinations each result is saved as it comes (a crash repeats at most the
+        # one in flight); with one, the result is saved together with the attempt's end below.
+        save_each = len(by_domain) > 1
+        results = await asyncio.gather(*(self._deliver_domain(entry, d, rcpts, message, save_each)
+                                         for d, rcpts in by_domain.items()))
+        outcomes = {r: o for result in results for r, o in result.items()}
+        await self._finish(queue_id, message, attempted=bool(by_domain), outcomes=outcomes)
 
-    async def _deliver_domain(self, entry: QueueEntry, domain: str, rcpts: list[str], message: bytes) -> None:
+    async def _deliver_domain(self, entry: QueueEntry, domain: str, rcpts: list[str], message: bytes,
+                              save: bool) -> dict[str, Outcome]:
         route = await self.router.route(domain)
         if route.hops:
             outcomes = await self.deliverer.deliver(route, domain, entry.mail_from, rcpts, message)
@@ -145,15 +153,20 @@ class QueueRunner:
             outcomes = {r: Outcome(state, f"{code} {route.status} {route.error}", route.status) for r in rcpts}
         for r, o in outcomes.items():
             log.event("delivery", id=entry.queue_id, rcpt=r, state=o.state, relay=o.remote_mta or "none", reply=o.reply)
-        await asyncio.to_thread(self.queue.update, entry.queue_id, lambda e: apply_outcomes(e, outcomes))
+        if save:
+            await asyncio.to_thread(self.queue.update, entry.queue_id, lambda e: apply_outcomes(e, outcomes))
+        return outcomes
 
-    async def _finish(self, queue_id: str, message: bytes, attempted: bool) -> None:
+    async def _finish(self, queue_id: str, message: bytes, attempted: bool,
+                      outcomes: dict[str, Outcome] | None = None) -> None:
         """Schedule the next attempt, send due DSNs, remove the entry once nothing is pending."""
         now = time.time()
         warn_after = self.settings.delivery.delay_warning
         notices: list[tuple[QueueEntry, list[Recipient], str]] = []
 
-        def change(e: QueueEntry) -> None:
+        def change(e: QueueEntry) -> bool:
+            """Record the attempt; True when the entry is done and can go without another save."""
+            apply_outcomes(e, outcomes or {})
             if attempted:
                 finish_attempt(e, now, self.schedule)
             failed = unreported_failures(e)
@@ -164,6 +177,7 @@ class QueueRunner:
             if needs_delay_warning(e, now, warn_after):
                 notices.append((QueueEntry(**{**e.__dict__}), e.pending(), "delayed"))
                 e.warned = True
+            return not e.pending() and not notices
 
         entry = await asyncio.to_thread(self.queue.update, queue_id, change)
         for snapshot, rcpts, action in notices:
@@ -172,8 +186,9 @@ class QueueRunner:
             log.event("dsn", id=queue_id, action=action, to=snapshot.mail_from, rcpts=len(rcpts))
         if entry is None or not entry.pending():
             self.due.pop(queue_id, None)
-            if entry is not None:
+            if entry is not None and notices:  # else `update` removed it already
                 await asyncio.to_thread(self.queue.delete, queue_id)
+            if entry is not None:
                 log.event("removed", id=queue_id)
         else:
             self.due[queue_id] = entry.next_attempt
