@@ -13,6 +13,7 @@
    peers alike and the figure is the least disturbed one; every round is printed too.
 2. Memory: peak RSS (VmHWM) of `relayguard serve` after 10 clients each send a 20 MB message
    at the same time.
+3. Relay throughput (issue 3): bench/relay.py, run after the above (`--no-relay` skips it).
 
 All traffic stays on 127.0.0.1; every wait is bounded; servers are stopped and the temporary
 folder removed at the end (also on error or Ctrl-C). Not part of the test suite.
@@ -453,6 +454,7 @@ def main() -> int:
     ap.add_argument("--no-postfix", action="store_true")
     ap.add_argument("--no-throughput", action="store_true")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--no-relay", action="store_true", help="skip bench/relay.py (relay throughput, issue 3)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, Maildirs)")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     a = ap.parse_args()
@@ -534,6 +536,17 @@ def main() -> int:
     finally:
         signal.alarm(0)
         cleanup.run()
+    if not a.no_relay and status != 2:  # after this run's cleanup: it has its own servers and deadline
+        print("\n" + "=" * 78 + "\nbench/relay.py: relay throughput (issue 3)", flush=True)
+        cmd = [PY, str(HERE / "relay.py")] + ["--no-postfix"] * a.no_postfix + ["--strict"] * a.strict
+        relay = subprocess.Popen(cmd)
+        try:
+            rc = relay.wait()
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: relay.py cleans up on SIGTERM too
+            relay.send_signal(signal.SIGTERM)
+            relay.wait(60)
+            rc = 2
+        status = 2 if rc == 2 else status | rc
     return status if status == 2 or a.strict else 0
 
 

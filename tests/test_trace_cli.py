@@ -64,7 +64,7 @@ def test_text_output(spam, tmp_path):
     assert "probable origin: 203.0.113.66 (dyn-203-0-113-66.isp.example)" in out
     assert "relay used by the origin: 198.51.100.20" in out
     assert "abuse@isp.example (rfc2142: isp.example)" in out
-    assert "no list configured" in out
+    assert "no list configured: set [reject] dnsbl_sites or give --zone" in out
 
 
 def test_listed_relay_exits_1(spam, tmp_path):

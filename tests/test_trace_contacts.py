@@ -43,10 +43,21 @@ def test_override_file():
     ("\n# c\nexample.com:\n", "ov:3: expected 'domain: address'"),
     ("example.com: not-an-address\n", "ov:1: 'not-an-address' is not a mail address"),
     ("exa mple.com x: abuse@example.com\n", "ov:1: 'exa mple.com x' is neither a domain"),
+    ("example.com: abuse@\n", "ov:1: 'abuse@' is not a mail address"),
+    ("example.com: abuse@example..com\n", "ov:1: 'abuse@example..com' is not a mail address"),
+    ("example.com: abuse@example.com.\n", "ov:1: 'abuse@example.com.' is not a mail address"),
 ])
 def test_override_errors_name_file_and_line(text, message):
     with pytest.raises(OverrideError, match=message.replace(".", r"\.").replace("(", r"\(")):
         AbuseOverrides.parse(text, "ov")
+
+
+def test_override_addresses_may_be_local_mailboxes():
+    """The operator's own file may name a single-label domain (a lab's postmaster@localhost); RDAP may not."""
+    o = AbuseOverrides.parse("isp.example: postmaster@localhost, desk@isp.example\n")
+    assert [c.address for c in o.for_host("mail.isp.example")] == ["postmaster@localhost", "desk@isp.example"]
+    doc = {"entities": [{"roles": ["abuse"], "vcardArray": ["vcard", [["email", {}, "text", "abuse@localhost"]]]}]}
+    assert rdap_abuse_emails(doc) == []
 
 
 def test_override_file_unreadable(tmp_path):

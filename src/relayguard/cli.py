@@ -4,23 +4,68 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import importlib
 import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from . import config as config_mod
 from . import log
 from .mta.queue import CorruptEntry, QueueEntry
 from .mta.queue_dir import QueueDir
-from .mta.users import UserDB, UserError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="relayguard: a relay-safe mail server and anti-spam toolkit.")
+if TYPE_CHECKING:  # mta.users is imported when a `user` command runs: it hashes a dummy password (50 ms)
+    from .mta.users import UserDB
+
+# The capabilities with heavy dependencies (SQLAlchemy, dnspython, FastAPI, cryptography...) live in
+# cli_*.py modules imported only when their command runs (or `relayguard --help` lists them), so
+# that `relayguard relaytest` does not pay for the DNSBL store's imports (issue 4 benchmark).
+LAZY_COMMANDS = {  # command name -> (module, attribute: a command function or a Typer sub-app)
+    "relaytest": ("relayguard.cli_relaytest", "relaytest"),  # the open-relay tester, issue 4
+    "trace": ("relayguard.cli_trace", "trace"),  # trace a spam to its origin, issue 7
+    "audit": ("relayguard.cli_audit", "audit"),  # configuration audit, issue 8
+    "policyd": ("relayguard.cli_dnsbl", "policyd"),  # Postfix policy server, issue 6
+    "dnsbl": ("relayguard.cli_dnsbl", "dnsbl_app"),  # DNSBL checks and administration, issues 5 and 6
+}
+
+
+class _LazyGroup(TyperGroup):
+    """The top-level group: the commands of LAZY_COMMANDS are imported and built on first use."""
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:
+        """Commands, then the lazy ones, then sub-apps (`user`, `queue`), as the help always listed them."""
+        eager = [n for n in super().list_commands(ctx) if n not in LAZY_COMMANDS]
+        groups = [n for n in eager if isinstance(self.commands[n], TyperGroup)]
+        return [*(n for n in eager if n not in groups), *LAZY_COMMANDS, *groups]
+
+    def resolve_command(self, ctx: typer.Context, args: list[str]):  # -> (name, Command, args)
+        if args and args[0] not in self.commands and args[0] not in LAZY_COMMANDS:
+            for name in LAZY_COMMANDS:  # an unknown command: load them all for "Did you mean ...?"
+                self.get_command(ctx, name)
+        return super().resolve_command(ctx, args)
+
+    def get_command(self, ctx: typer.Context, cmd_name: str):  # -> the click Command or None
+        if cmd_name in LAZY_COMMANDS and cmd_name not in self.commands:
+            module, attr = LAZY_COMMANDS[cmd_name]
+            target = getattr(importlib.import_module(module), attr)
+            if not isinstance(target, typer.Typer):
+                target, function = typer.Typer(), target
+                target.command(cmd_name)(function)
+            command = typer.main.get_command(target)
+            command.name = cmd_name
+            self.commands[cmd_name] = command
+        return super().get_command(ctx, cmd_name)
+
+
+app = typer.Typer(cls=_LazyGroup, no_args_is_help=True, add_completion=False,
+                  help="relayguard: a relay-safe mail server and anti-spam toolkit.")
 user_app = typer.Typer(no_args_is_help=True, help="SMTP AUTH users.")
 app.add_typer(user_app, name="user")
 queue_app = typer.Typer(no_args_is_help=True, help="The outbound mail queue.")
@@ -51,8 +96,8 @@ def serve(config: ConfigOpt = None) -> None:
     from .service import serve as run
 
     settings = _settings(config)
-    log.setup(settings.server.log_level)
     try:
+        log.setup_from(settings.server)  # level, [server] log_file, log_format
         asyncio.run(run(settings, config))
     except OSError as e:
         raise _fail(f"cannot start: {e}") from None
@@ -129,6 +174,8 @@ def init(directory: Annotated[Path, typer.Argument(help="where to set up")] = Pa
 
 
 def _users(config: Path | None) -> UserDB:
+    from .mta.users import UserDB, UserError
+
     try:
         return UserDB(_settings(config).users_path)
     except UserError as e:
@@ -139,6 +186,8 @@ def _users(config: Path | None) -> UserDB:
 def user_add(address: str, config: ConfigOpt = None,
              password_stdin: Annotated[bool, typer.Option("--password-stdin", help="read the password from standard input")] = False) -> None:
     """Add a user or change a password (asked twice, or read from stdin)."""
+    from .mta.users import UserError
+
     db = _users(config)
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
@@ -158,6 +207,8 @@ def user_add(address: str, config: ConfigOpt = None,
 @user_app.command("del")
 def user_del(address: str, config: ConfigOpt = None) -> None:
     """Remove a user."""
+    from .mta.users import UserError
+
     db = _users(config)
     try:
         db.delete(address)
@@ -290,27 +341,6 @@ def queue_hold(queue_id: str, config: ConfigOpt = None) -> None:
 def queue_release(queue_id: str, config: ConfigOpt = None) -> None:
     """Release a held entry for immediate delivery."""
     _set_held(config, queue_id, False)
-
-
-from .cli_relaytest import relaytest as _relaytest  # noqa: E402  (the open-relay tester, issue 4)
-
-app.command("relaytest")(_relaytest)
-
-
-from .cli_trace import trace as _trace  # noqa: E402  (trace a spam to its origin, issue 7)
-
-app.command("trace")(_trace)
-
-
-from .cli_audit import audit as _audit  # noqa: E402  (configuration audit, issue 8)
-
-app.command("audit")(_audit)
-
-
-from .cli_dnsbl import dnsbl_app, policyd as _policyd  # noqa: E402  (DNSBL checks, Postfix policy server, issue 6)
-
-app.add_typer(dnsbl_app, name="dnsbl")
-app.command("policyd")(_policyd)
 
 
 def main() -> None:

@@ -614,8 +614,8 @@ def policyd(
             config_mod.parse_hostport(listen)
         except ValueError as e:
             raise _fail(f"--listen: {e}") from None
-    log.setup(settings.server.log_level)
     try:
+        log.setup_from(settings.server)  # level, [server] log_file, log_format
         asyncio.run(run(settings, listen))
     except OSError as e:
         raise _fail(f"cannot start: {e}") from None

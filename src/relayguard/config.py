@@ -24,7 +24,7 @@ class ConfigError(Exception):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)  # field docstrings: docs/configuration.md
 
 
 def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, int]:
@@ -53,10 +53,20 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 
 
 class ServerSettings(_Section):
+    """The process: its name, data folder, logs and shutdown."""
+
     hostname: str = Field(default_factory=socket.getfqdn)
+    """Name in the greeting, EHLO and Received headers; default: this host's fully qualified name."""
     data_dir: str = "var"
+    """Maildirs (mail/), queue, users file, TLS pair and other state; relative to the working directory."""
     log_level: str = "info"
-    shutdown_timeout: Annotated[float, Field(ge=0)] = 30.0  # SIGTERM: seconds for sessions in flight to finish
+    """debug, info, warning or error."""
+    log_file: str = ""
+    """Append the log to this file (re-opened on SIGHUP, for logrotate); "" = standard error."""
+    log_format: Literal["kv", "json"] = "kv"
+    """"kv": one `key=value` line per event; "json": one JSON object per line."""
+    shutdown_timeout: Annotated[float, Field(ge=0)] = 30.0
+    """SIGTERM: seconds for sessions in flight to finish."""
 
     @field_validator("log_level")
     @classmethod
@@ -67,32 +77,56 @@ class ServerSettings(_Section):
 
 
 class SMTPSettings(_Section):
+    """The SMTP (MX) and submission listeners and their limits."""
+
     listen: list[str] = ["127.0.0.1:2525"]
+    """Inbound (MX) addresses, "host:port"; use ["0.0.0.0:25"] in production."""
     submission_listen: list[str] = ["127.0.0.1:2587"]
+    """Submission addresses: AUTH (over TLS) required before MAIL."""
     max_message_size: PositiveInt = 50 * 1024 * 1024
+    """Bytes; SIZE is advertised and enforced while streaming (552 beyond)."""
     max_recipients: PositiveInt = 100
+    """Recipients per message; more get 452 4.5.3."""
     max_line_length: Annotated[int, Field(ge=512)] = 2048
+    """Command line limit in bytes; longer lines get 500 5.5.2."""
     soft_error_limit: PositiveInt = 10
+    """After this many error replies in a session, each further one waits error_sleep."""
     hard_error_limit: PositiveInt = 20
+    """After this many error replies in a session: 421 and disconnect."""
     error_sleep: Annotated[float, Field(ge=0)] = 1.0
+    """Seconds of delay before each error reply past soft_error_limit."""
     timeout: PositiveFloat = 300.0
+    """Idle seconds before 421 4.4.2 and disconnect."""
     session_timeout: PositiveFloat = 1800.0
+    """Seconds a whole session may last."""
     max_connections: PositiveInt = 200
+    """Sessions at once in total; more get 421 4.3.2."""
     max_connections_per_ip: PositiveInt = 20
+    """Sessions at once per client address; more get 421 4.7.0."""
     auth_attempts_per_minute: PositiveInt = 10
+    """AUTH attempts per client address and minute, failed or not; more get 421 and disconnect."""
     greet_pause: Annotated[float, Field(ge=0)] = 0.0
+    """Seconds to wait before the greeting; clients that talk first are refused."""
     reverse_dns: bool = False
+    """Look up the client's forward-confirmed reverse DNS name (for the Received header)."""
 
     _v_listen = field_validator("listen", "submission_listen")(_check_listen)
 
 
 class TLSSettings(_Section):
+    """The certificate and key of STARTTLS on the SMTP and submission listeners."""
+
     cert: str = ""
+    """PEM certificate chain; "" = <data_dir>/tls/cert.pem (self-signed, made by `relayguard init` or the first start)."""
     key: str = ""
+    """PEM private key; "" = <data_dir>/tls/key.pem."""
 
 
 class DomainSettings(_Section):
+    """The domains whose mail is delivered here."""
+
     local: list[str] = ["localhost"]
+    """Mail for these is delivered to <data_dir>/mail/<domain>/<user>/; the first one is Postmaster's."""
 
     @field_validator("local")
     @classmethod
@@ -106,7 +140,10 @@ class DomainSettings(_Section):
 
 
 class RelaySettings(_Section):
+    """Who may relay (send to other domains) without AUTH."""
+
     trusted_networks: list[str] = []
+    """CIDRs allowed to relay without AUTH; keep empty unless you must."""
 
     @field_validator("trusted_networks")
     @classmethod
@@ -123,21 +160,37 @@ class DeliverySettings(_Section):
     """Outbound delivery and the queue; durations in seconds (Postfix's defaults)."""
 
     transport: dict[str, str] = {}
+    """Per-domain next hop, "host:port", used instead of the MX lookup."""
     smarthost: str = ""
+    """"host:port": send all outbound mail there (over STARTTLS, with AUTH when a user is set); "" = MX delivery."""
     smarthost_user: str = ""
+    """AUTH user at the smarthost; "" = no AUTH."""
     smarthost_password: str = ""
+    """AUTH password at the smarthost (never logged)."""
     require_tls: list[str] = []
+    """Domains whose MX must offer STARTTLS with a valid certificate."""
     dns_servers: list[str] = []
+    """"ip:port" resolvers for MX lookups; empty = the system resolver."""
     port: Annotated[int, Field(gt=0, lt=65536)] = 25
+    """TCP port of MX hosts."""
     connect_timeout: PositiveFloat = 30.0
+    """Seconds to connect to a remote host."""
     command_timeout: PositiveFloat = 300.0
+    """Seconds to wait for each reply of a remote host."""
     min_backoff: PositiveFloat = 300.0
+    """First retry delay in seconds; delays double up to max_backoff (with jitter)."""
     max_backoff: PositiveFloat = 4000.0
+    """Longest retry delay in seconds."""
     max_lifetime: PositiveFloat = 5 * 86400.0
+    """Seconds a message may stay queued (5 days); then the sender gets a bounce."""
     delay_warning: Annotated[float, Field(ge=0)] = 0.0
+    """Seconds before the sender gets a "delayed" notice; 0 = never."""
     max_connections: PositiveInt = 50
+    """Outbound connections at once in total."""
     max_connections_per_destination: PositiveInt = 10
+    """Outbound connections at once per destination."""
     scan_interval: PositiveFloat = 60.0
+    """Seconds between full rescans of the queue folder."""
 
     @field_validator("transport")
     @classmethod
@@ -165,16 +218,27 @@ class RelayTestSettings(_Section):
     """Defaults of `relayguard relaytest` (its options override them)."""
 
     helo: str = "relaytest.relayguard.invalid"
+    """EHLO name of the tester."""
     canary_domain: str = "example.com"
+    """The outside domain of the test addresses ({X} in the catalogue)."""
     canary_listen: str = ""
+    """Confirm mode: the built-in receiver of relayed test mail, "IP:PORT"."""
     canary_maildir: str = ""
+    """Confirm mode: or watch this Maildir for relayed test mail."""
     timeout: PositiveFloat = 30.0
+    """Seconds per stage (connect, greeting, each command)."""
     confirm_timeout: PositiveFloat = 60.0
+    """Seconds to wait for relayed test mail at the canary."""
     connections: PositiveInt = 4
+    """Sessions per target at once."""
     concurrency: PositiveInt = 20
-    self_check: bool = False  # `serve` tests its own SMTP listeners at start-up
-    self_check_interval: Annotated[float, Field(ge=0)] = 0.0  # and then every N seconds; 0 = at start only
-    self_check_from: str = ""  # untrusted source address; "" = 127.0.0.2 for loopback listeners
+    """Targets tested at once."""
+    self_check: bool = False
+    """`serve` tests its own SMTP listeners at start-up."""
+    self_check_interval: Annotated[float, Field(ge=0)] = 0.0
+    """And then every this many seconds; 0 = at start only."""
+    self_check_from: str = ""
+    """Untrusted source address of the self-check; "" = 127.0.0.2 for loopback listeners."""
 
     @field_validator("canary_listen")
     @classmethod
@@ -195,31 +259,56 @@ class DNSBLSettings(_Section):
     """The blacklist zone relayguard serves over DNS (RFC 5782)."""
 
     zone: str = "bl.relayguard.test"
-    dns_listen: str = "127.0.0.1:5300"  # UDP and TCP; "" = no DNS server
+    """The list's DNS zone: clients ask <reversed IP>.<zone> (RFC 5782)."""
+    dns_listen: str = "127.0.0.1:5300"
+    """UDP and TCP address of the DNS server; "" = no DNS server."""
     ttl: Annotated[int, Field(ge=0)] = 2100
-    negative_ttl: Annotated[int, Field(ge=0)] = 2100  # SOA minimum: caching of "not listed"
-    nameservers: list[str] = []  # NS records; default ns1.<zone>
-    hostmaster: str = ""  # SOA contact; default hostmaster.<zone>
-    axfr_allow: list[str] = []  # CIDRs allowed to transfer the zone over TCP
-    notify: list[str] = []  # "ip:port" secondaries told of every change
+    """TTL in seconds of the listed answers (A, TXT) and of SOA and NS."""
+    negative_ttl: Annotated[int, Field(ge=0)] = 2100
+    """SOA minimum: how long resolvers may cache "not listed", in seconds."""
+    nameservers: list[str] = []
+    """NS records; default ns1.<zone>."""
+    hostmaster: str = ""
+    """SOA contact; default hostmaster.<zone>."""
+    axfr_allow: list[str] = []
+    """CIDRs allowed to transfer the zone (AXFR over TCP)."""
+    notify: list[str] = []
+    """"ip:port" secondaries told of every change (NOTIFY)."""
     # the list's lifecycle: tests, limits, removal, export (issue 5; docs/dnsbl.md)
-    txt: str = "Open relay: listed after a confirmed relay test; see https://bl.relayguard.test/lookup?ip=$"  # TXT; $ = the IP
-    contact: str = ""  # published contact for listing questions (RFC 6471); default postmaster@<server.hostname>
-    test_port: Annotated[int, Field(gt=0, lt=65536)] = 25  # SMTP port nominated hosts are tested on
-    test_concurrency: PositiveInt = 4  # relay tests at once
-    retest_days: PositiveFloat = 90.0  # listed hosts are re-tested this often
-    expire_days: PositiveFloat = 180.0  # a listing not re-confirmed for this long expires
-    retry_hours: PositiveFloat = 24.0  # next try after a re-test that could not reach the host
-    cooldown: Annotated[float, Field(ge=0)] = 3600.0  # seconds: no second test of one host within this
-    requests_per_hour: PositiveInt = 10  # nominations + removal requests per requester
-    host_requests_per_day: PositiveInt = 50  # per host, from anyone
-    removal_confirm: bool = False  # mail a confirmation token to the contact before the re-test
+    txt: str = "Open relay: listed after a confirmed relay test; see https://bl.relayguard.test/lookup?ip=$"
+    """TXT answer of listed addresses; $ = the IP."""
+    contact: str = ""
+    """Published contact for listing questions (RFC 6471); default postmaster@<server.hostname>."""
+    test_port: Annotated[int, Field(gt=0, lt=65536)] = 25
+    """SMTP port nominated hosts are tested on."""
+    test_concurrency: PositiveInt = 4
+    """Relay tests at once."""
+    retest_days: PositiveFloat = 90.0
+    """Listed hosts are re-tested this often."""
+    expire_days: PositiveFloat = 180.0
+    """A listing not re-confirmed for this long expires."""
+    retry_hours: PositiveFloat = 24.0
+    """Next try after a re-test that could not reach the host."""
+    cooldown: Annotated[float, Field(ge=0)] = 3600.0
+    """Seconds: no second test of one host within this."""
+    requests_per_hour: PositiveInt = 10
+    """Nominations + removal requests per requester."""
+    host_requests_per_day: PositiveInt = 50
+    """Nominations + removal requests per host, from anyone."""
+    removal_confirm: bool = False
+    """Mail a confirmation token to the contact before the re-test."""
     confirm_hours: PositiveFloat = 48.0
-    confirm_url: str = ""  # link in the confirmation mail; "{token}" is replaced
-    mail_via: str = ""  # relayguard's SMTP listener for that mail; "" = the first [smtp] listen
-    mail_from: str = ""  # default dnsbl@<server.hostname>
-    allow_private: bool = False  # test and list private/loopback addresses (labs and tests only)
-    export_dir: str = ""  # `dnsbl export` default folder; "" = <data_dir>/dnsbl
+    """Hours a mailed removal confirmation stays valid."""
+    confirm_url: str = ""
+    """Link in the confirmation mail; "{token}" is replaced."""
+    mail_via: str = ""
+    """relayguard's SMTP listener for that mail; "" = the first [smtp] listen."""
+    mail_from: str = ""
+    """Sender of that mail; default dnsbl@<server.hostname>."""
+    allow_private: bool = False
+    """Test and list private and loopback addresses (labs and tests only)."""
+    export_dir: str = ""
+    """`dnsbl export` default folder; "" = <data_dir>/dnsbl."""
 
     @field_validator("zone")
     @classmethod
@@ -254,7 +343,8 @@ class DNSBLSettings(_Section):
 class StoreSettings(_Section):
     """The DNSBL database (issue 5): an SQLite file, or PostgreSQL shared by several nodes."""
 
-    url: str = "sqlite:///var/relayguard.db"  # or "postgresql+psycopg://user:password@host/db"
+    url: str = "sqlite:///var/relayguard.db"
+    """SQLAlchemy URL: "sqlite:///PATH" or "postgresql+psycopg://user:password@host/db"."""
 
     @field_validator("url")
     @classmethod
@@ -265,9 +355,14 @@ class StoreSettings(_Section):
 
 
 class AuthSettings(_Section):
+    """SMTP AUTH users and the addresses they may send as."""
+
     users_file: str = ""
+    """The users file (`relayguard user add/del/list`); "" = <data_dir>/users."""
     enforce_sender: bool = True
+    """A logged-in user may use only their own address (and `senders`) in MAIL FROM."""
     senders: dict[str, list[str]] = {}
+    """Extra addresses (or "@domain") a user may send as: { "alice@localhost" = ["@localhost"] }."""
 
 
 def _check_address(value: str) -> str:
@@ -288,15 +383,24 @@ Address = Annotated[str, AfterValidator(_check_address)]
 class TraceSettings(_Section):
     """`relayguard trace`: where trust ends, whom to tell (docs/trace.md)."""
 
-    trusted_networks: list[str] = []      # hosts that never forge Received fields (SpamAssassin's trusted_networks)
-    internal_networks: list[str] = []     # your own MXes and relays; default: trusted_networks
-    msa_networks: list[str] = []          # submission hosts: every older hop is trusted too
-    originating_ip_headers: list[str] = []  # e.g. ["X-Originating-IP"]: taken as the oldest hop
-    max_time_skew: Annotated[float, Field(ge=0)] = 600.0  # seconds before an older, later hop is "time travel"
-    abuse_contacts_file: str = ""         # abuse.net style "domain: address" overrides
-    network_lookups: bool = False         # RDAP abuse contacts and reverse DNS over the network
+    trusted_networks: list[str] = []
+    """Hosts that never forge Received fields (SpamAssassin's trusted_networks)."""
+    internal_networks: list[str] = []
+    """Your own MXes and relays; default: trusted_networks."""
+    msa_networks: list[str] = []
+    """Submission hosts: every older hop is trusted too."""
+    originating_ip_headers: list[str] = []
+    """Headers taken as the oldest hop, e.g. ["X-Originating-IP"]."""
+    max_time_skew: Annotated[float, Field(ge=0)] = 600.0
+    """Seconds before an older, later hop is "time travel"."""
+    abuse_contacts_file: str = ""
+    """abuse.net style "domain: address" overrides."""
+    network_lookups: bool = False
+    """RDAP abuse contacts and reverse DNS over the network."""
     rdap_url: str = "https://rdap.org/"
-    reporter: str = ""                    # From of ARF reports; default postmaster@<server.hostname>
+    """RDAP service (the rdap.org redirector sends each query to the right registry)."""
+    reporter: str = ""
+    """From of ARF reports; default postmaster@<server.hostname>."""
 
     @field_validator("trusted_networks", "internal_networks", "msa_networks")
     @classmethod
@@ -316,19 +420,32 @@ def _check_sites(v: list[str]) -> list[str]:
 class RejectSettings(_Section):
     """Reject before receiving: DNSBL checks of the connecting client (docs/reject.md)."""
 
-    dnsbl_sites: list[str] = []            # postscreen syntax: "zone=127.0.0.[2..11]*3", "allow.zone*-2"
-    threshold: int = 1                      # reject when the summed weights reach this
+    dnsbl_sites: list[str] = []
+    """Lists to check, postscreen syntax: "zone=127.0.0.[2..11]*3", "allow.zone*-2"."""
+    threshold: int = 1
+    """Reject when the summed weights reach this."""
     check_at: Literal["rcpt", "connect"] = "rcpt"
-    on_unknown: Literal["accept", "defer"] = "accept"  # lists that did not answer: accept, or 450
-    score_header: bool = True               # X-Relayguard-DNSBL on accepted mail that scored
-    dns_servers: list[str] = []             # "ip:port"; empty = [delivery] dns_servers, else the system resolver
+    """"rcpt": at RCPT TO; "connect": before the greeting, postscreen-style."""
+    on_unknown: Literal["accept", "defer"] = "accept"
+    """Lists that did not answer could change the outcome: accept, or defer (450)."""
+    score_header: bool = True
+    """X-Relayguard-DNSBL on accepted mail that scored."""
+    dns_servers: list[str] = []
+    """"ip:port"; empty = [delivery] dns_servers, else the system resolver."""
     timeout: PositiveFloat = 5.0
+    """Seconds to wait for the lists' answers."""
     cache_size: Annotated[int, Field(ge=0)] = 10000
+    """Answers kept (LRU)."""
     min_ttl: Annotated[float, Field(ge=0)] = 60.0
+    """Answers are cached for their TTL, at least this many seconds..."""
     max_ttl: Annotated[float, Field(ge=0)] = 3600.0
-    health_check: bool = True               # RFC 5782 test points: unhealthy lists are skipped
+    """...and at most this many."""
+    health_check: bool = True
+    """RFC 5782 test points: unhealthy lists are skipped."""
     health_interval: PositiveFloat = 3600.0
-    check_sites: list[str] = Field(default_factory=lambda: list(_default_check_sites()))  # `dnsbl check` default
+    """Seconds between health checks of each list."""
+    check_sites: list[str] = Field(default_factory=lambda: list(_default_check_sites()))
+    """What `dnsbl check` asks when neither --zone nor dnsbl_sites is set."""
 
     _v_sites = field_validator("dnsbl_sites", "check_sites")(_check_sites)
 
@@ -350,9 +467,13 @@ class PolicydSettings(_Section):
     """The Postfix policy server (`relayguard policyd`; `serve` starts it when [policyd] is configured)."""
 
     enabled: bool = True
+    """false: `serve` does not run the policy server even with a [policyd] table."""
     listen: str = "127.0.0.1:10040"
-    idle_timeout: PositiveFloat = 600.0     # Postfix keeps idle policy connections for 300 s
+    """Address Postfix connects to: check_policy_service inet:host:port."""
+    idle_timeout: PositiveFloat = 600.0
+    """Seconds an idle connection is kept (Postfix keeps idle policy connections for 300 s)."""
     max_connections: PositiveInt = 200
+    """Policy connections at once."""
 
     @field_validator("listen")
     @classmethod
@@ -364,14 +485,22 @@ class PolicydSettings(_Section):
 class WebSettings(_Section):
     """The DNSBL's web pages and JSON API (issue 5; docs/web.md). `serve` runs it when the file has a [web] table."""
 
-    listen: str = "127.0.0.1:8025"          # "" = no web server
-    admins: list[str] = []                  # users (of the SMTP AUTH users file) who may use /admin
-    trusted_proxies: list[str] = []         # CIDRs whose X-Forwarded-For names the client
-    requests_per_minute: PositiveInt = 6    # nominations + removal requests per client IP (web and API)
-    logins_per_minute: PositiveInt = 10     # admin login attempts per client IP
-    session_hours: PositiveFloat = 12.0     # admin sessions last this long
-    secure_cookies: bool = False            # mark cookies Secure (set it behind an HTTPS proxy)
-    max_jobs: PositiveInt = 100             # web-triggered tests queued or running at once
+    listen: str = "127.0.0.1:8025"
+    """Address of the web pages and API; "" = no web server."""
+    admins: list[str] = []
+    """Users (of the SMTP AUTH users file) who may use /admin."""
+    trusted_proxies: list[str] = []
+    """CIDRs whose X-Forwarded-For names the client."""
+    requests_per_minute: PositiveInt = 6
+    """Nominations + removal requests per client IP (web and API)."""
+    logins_per_minute: PositiveInt = 10
+    """Admin login attempts per client IP."""
+    session_hours: PositiveFloat = 12.0
+    """Admin sessions last this long."""
+    secure_cookies: bool = False
+    """Mark cookies Secure (set it behind an HTTPS proxy)."""
+    max_jobs: PositiveInt = 100
+    """Web-triggered tests queued or running at once."""
 
     @field_validator("listen")
     @classmethod
@@ -385,6 +514,22 @@ class WebSettings(_Section):
     def _web_proxies(cls, v: list[str]) -> list[str]:
         for net in v:
             ipaddress.ip_network(net, strict=False)
+        return v
+
+
+class MetricsSettings(_Section):
+    """Prometheus metrics (prometheus-client; names in docs/operations.md)."""
+
+    listen: str = ""
+    """Own address for GET /metrics, e.g. "127.0.0.1:9125"; "" = none."""
+    web: bool = True
+    """Also serve /metrics on the [web] listener."""
+
+    @field_validator("listen")
+    @classmethod
+    def _metrics_listen(cls, v: str) -> str:
+        if v:
+            parse_hostport(v)
         return v
 
 
@@ -403,7 +548,9 @@ class Settings(_Section):
     reject: RejectSettings = RejectSettings()
     policyd: PolicydSettings = PolicydSettings()
     web: WebSettings = WebSettings()
+    metrics: MetricsSettings = MetricsSettings()
     aliases: dict[Address, list[Address]] = {}
+    """Aliases: "address" = ["target", ...] (or one "target"), expanded recursively up to 10 levels."""
 
     @field_validator("aliases", mode="before")
     @classmethod

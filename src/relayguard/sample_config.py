@@ -10,6 +10,8 @@ _TEMPLATE = '''\
 hostname = "{hostname}"        # used in the greeting, EHLO and Received headers
 data_dir = "var"               # Maildirs (mail/), spool, queue, users file, TLS pair
 log_level = "info"             # debug, info, warning, error
+# log_file = "/var/log/relayguard/relayguard.log"   # default: standard error
+# log_format = "json"          # default "kv": key=value lines
 
 [smtp]
 listen = ["127.0.0.1:2525"]            # inbound MX service; use ["0.0.0.0:25"] in production
@@ -80,6 +82,9 @@ health_interval = 3600.0
 # admins = ["alice@localhost"] # users of the users file who may use /admin
 # requests_per_minute = 6      # nominations + removal requests per client address
 # trusted_proxies = []         # CIDRs of reverse proxies whose X-Forwarded-For is believed
+
+# [metrics]                    # Prometheus: /metrics on the [web] listener, or on an address of its own
+# listen = "127.0.0.1:9125"
 
 [aliases]
 # "postmaster@localhost" = ["alice@localhost"]

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from . import config, log
+from . import config, log, metrics
 from .config import Settings
 from .dnsbl.checker import zone_answer
 from .dnsbl.dnsserver import DNSServer
@@ -90,6 +90,7 @@ class Node:
         self._answer_own_list_from_memory()
         self.policyd = await start_policyd(s, self.mta)
         self.web = await start_web(s, mta=self.mta, lifecycle=self.lifecycle)
+        self.metrics = await metrics.start(s)
         task = start_self_check(s)
         if task is not None:
             self._tasks.append(task)
@@ -110,6 +111,7 @@ class Node:
         except config.ConfigError as e:
             log.event("reload-refused", logging.ERROR, error=str(e).replace("\n", "; "))
             return
+        log.setup_from(settings.server)  # also re-opens log_file after logrotate moved it
         await self.mta.reload(settings)
         self._answer_own_list_from_memory()
         self.settings = settings
@@ -120,7 +122,7 @@ class Node:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for service in (self.dns, self.policyd, self.web):
+        for service in (self.dns, self.policyd, self.web, self.metrics):
             if service is not None:
                 await service.stop()
         await self.lifecycle.stop()

@@ -15,7 +15,7 @@ import struct
 import threading
 from collections.abc import Iterator
 
-from .. import log
+from .. import log, metrics
 from ..config import DNSBLSettings, parse_hostport
 from . import wire
 from .responder import Responder, ZoneInfo
@@ -53,6 +53,9 @@ class _UDPThread:
 
     def _serve(self) -> None:
         receive, send, answer = self.sock.recvfrom, self.sock.sendto, self.responder.answer
+        # metrics.count_dns inlined: plain ints, read by the metrics collector at scrape time
+        counts, apex = metrics.DNS_UDP, metrics.dns_apex_end(self.responder.origin_labels)
+        nodata, listed, at_apex, dropped = metrics.DNS_NODATA, metrics.DNS_LISTED, metrics.DNS_APEX, metrics.DNS_DROPPED
         while not self._stopping.is_set():
             try:
                 data, peer = receive(65535)
@@ -62,6 +65,10 @@ class _UDPThread:
                 out = answer(data)
                 if out is not None:
                     send(out, peer)
+                    code = out[3] & 15
+                    counts[code or (nodata if not (out[6] or out[7]) else at_apex if out[apex] == 0 else listed)] += 1
+                else:
+                    counts[dropped] += 1
             except Exception as e:  # one bad packet must never stop the server
                 log.event("dns-error", client=peer[0], error=repr(e))
 
@@ -105,6 +112,7 @@ class DNSServer:
                     await self._axfr(data, peer, writer)
                     continue
                 out = self.responder.answer(data, tcp=True)
+                metrics.count_dns(metrics.DNS_TCP, out, metrics.dns_apex_end(self.responder.origin_labels))
                 if out is None:
                     break
                 writer.write(struct.pack("!H", len(out)) + out)
@@ -126,7 +134,9 @@ class DNSServer:
         if not any(peer in net for net in self.allow) or q.labels != self.responder.origin_labels:
             out = wire.response(q, wire.REFUSED, authoritative=False)
             writer.write(struct.pack("!H", len(out)) + out)
+            metrics.DNS_AXFR.labels("refused").inc()
             return
+        metrics.DNS_AXFR.labels("sent").inc()
         log.event("axfr", client=peer, zone=self.zone.origin, serial=self.responder.serial)
         for message in self.transfer_messages(q):
             writer.write(struct.pack("!H", len(message)) + message)
@@ -160,6 +170,7 @@ class DNSServer:
             transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, remote_addr=(host, port))
             transport.sendto(packet)
             transport.close()
+            metrics.DNS_NOTIFY.inc()
             log.event("notify", secondary=target, zone=self.zone.origin, serial=self.responder.serial)
 
 

@@ -37,6 +37,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from typing import Any, Awaitable, Callable
 
+from .. import metrics
 from ..relaytest import Canary, RelayTestOptions, TargetResult, Verdict, check_target, make_canary
 from . import store as store_mod
 from .store import LISTED, NOT_LISTED, PENDING, HostRecord, Store, TestRunRecord, canonical, utcnow
@@ -289,6 +290,7 @@ class Lifecycle:
             t0 = time.monotonic()
             result = await check_target(self.target(ip), self.options, canary=self.canary)
             finished = started + timedelta(seconds=time.monotonic() - t0)
+            metrics.dnsbl_test(trigger, result.verdict.value, time.monotonic() - t0)
             relays = self._relays(result) if result.verdict is Verdict.OPEN else []
             run_id = await self._db(self.store.add_test_run, ip, trigger=trigger, requested_by=requested_by,
                                     target=result.target, mode=result.mode, started=started, finished=finished,
@@ -312,6 +314,7 @@ class Lifecycle:
         """Ask for a test; listed only when the test confirms a relay. With `wait=False` the test
         runs in the background and the answer is `queued`."""
         ip = self._address(ip)
+        metrics.DNSBL_NOMINATIONS.labels(via).inc()
         now = self.clock()
         limited = await self._rate_limited(ip, requester, now)
         if limited is not None:
@@ -385,6 +388,7 @@ class Lifecycle:
     async def request_removal(self, ip: str, *, contact: str = "", requester: str = "", source: str = "",
                               reason: str = "", via: str = "cli") -> Answer:
         ip = self._address(ip)
+        metrics.DNSBL_REMOVALS.labels(via).inc()
         contact = contact.strip()
         if contact:
             _check_contact(contact)

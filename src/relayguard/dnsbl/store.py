@@ -42,6 +42,8 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import NullPool
 
+from .. import metrics
+
 LISTED, NOT_LISTED, PENDING = "listed", "not-listed", "pending"
 STATES = (LISTED, NOT_LISTED, PENDING)
 DEFAULT_CODE = "127.0.0.2"
@@ -727,6 +729,8 @@ class Store:
                                           old_state=old_state, new_state=new_state, actor=actor, reason=reason,
                                           evidence=evidence))
             row = conn.execute(select(H).where(H.c.id == hid)).one()
+        if state is not None:
+            metrics.DNSBL_CHANGES.labels(action).inc()
         return self._host(row)
 
     def note(self, network: str | IPNetwork, *, action: str, actor: str, reason: str,

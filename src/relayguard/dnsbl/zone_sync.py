@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-from .. import log
+from .. import log, metrics
 from .store import Store
 from .zone import Listing, Zone
 
@@ -28,6 +28,7 @@ class ZoneSync:
             for network, code, txt in rows
         )
         self.version = version
+        metrics.DNSBL_LISTED.set(len(rows))
         log.event("zone-loaded", zone=self.zone.origin, version=version, entries=len(rows))
 
     async def sync(self) -> None:

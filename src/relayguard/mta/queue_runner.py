@@ -11,7 +11,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 
-from .. import log
+from .. import log, metrics
 from ..config import Settings
 from .delivery import Deliverer
 from .dsn import build_dsn
@@ -50,6 +50,8 @@ class QueueRunner:
         self.wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._flush_stamp = 0.0
+        self.held = 0  # held entries seen by the last scan (metrics)
+        metrics.watch_queue(self)  # relayguard_queue_entries
 
     def notify(self, queue_id: str) -> None:
         """A new entry was committed: deliver it now."""
@@ -58,6 +60,7 @@ class QueueRunner:
 
     def rescan(self) -> None:
         due: dict[str, float] = {}
+        held = 0
         for queue_id in self.queue.ids():
             try:
                 entry = self.queue.load(queue_id)
@@ -66,9 +69,11 @@ class QueueRunner:
             except CorruptEntry as e:
                 self.queue.quarantine(queue_id, str(e))
                 continue
+            held += entry.held
             if not entry.held:  # finished entries too: a crash may have left their bounce or removal
                 due[queue_id] = entry.next_attempt if entry.pending() else 0.0
         self.due = due
+        self.held = held
 
     async def run(self) -> None:
         await asyncio.to_thread(self.rescan)
@@ -144,6 +149,7 @@ class QueueRunner:
 
     async def _deliver_domain(self, entry: QueueEntry, domain: str, rcpts: list[str], message: bytes,
                               save: bool) -> dict[str, Outcome]:
+        started = time.monotonic()
         route = await self.router.route(domain)
         if route.hops:
             outcomes = await self.deliverer.deliver(route, domain, entry.mail_from, rcpts, message)
@@ -151,6 +157,7 @@ class QueueRunner:
             state = "pending" if route.temporary else FAILED
             code = "451" if route.temporary else ("556" if route.status == "5.1.10" else "550")
             outcomes = {r: Outcome(state, f"{code} {route.status} {route.error}", route.status) for r in rcpts}
+        metrics.delivery((o.state for o in outcomes.values()), time.monotonic() - started)
         for r, o in outcomes.items():
             log.event("delivery", id=entry.queue_id, rcpt=r, state=o.state, relay=o.remote_mta or "none", reply=o.reply)
         if save:
@@ -184,6 +191,7 @@ class QueueRunner:
             dsn = build_dsn(snapshot, rcpts, message, reporting_mta=self.settings.server.hostname, action=action)
             await self.inject(snapshot.mail_from, dsn)
             log.event("dsn", id=queue_id, action=action, to=snapshot.mail_from, rcpts=len(rcpts))
+            metrics.DSN.labels(action).inc()
         if entry is None or not entry.pending():
             self.due.pop(queue_id, None)
             if entry is not None and notices:  # else `update` removed it already

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from .. import log
+from .. import log, metrics
 from ..config import Settings
 from ..dnsbl.checker import Checker, TargetError
 from ..dnsbl.sites import parse_sites
@@ -64,6 +64,7 @@ async def check_client(checker: Checker, ip: str, *, on_unknown: str, score_head
         return Decision("defer", f"Service unavailable; Client host [{ip}] not checked; try again later") \
             if on_unknown == "defer" else Decision("accept")
     d = decide(result, ip, on_unknown=on_unknown, score_header=score_header)
+    metrics.reject_check(d.action, result.elapsed)
     fields: dict[str, Any] = {"client": ip, "at": where, "verdict": result.verdict.value, "score": result.score,
                               "threshold": result.threshold, "action": d.action}
     if result.matches:

@@ -15,11 +15,12 @@ from collections import Counter, defaultdict, deque
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .. import log
+from .. import log, metrics
 from ..addr import AddressError, Mailbox, parse_path
 from ..config import Settings, parse_hostport
 from ..smtp import protocol as p
 from ..smtp.replies import AUTH_FAILED, LOCAL_ERROR, Reply
+from .header_filter import HeaderFilter
 from .policy import Policy
 from .received import TLSInfo, received_header
 from .reject import RejectGate
@@ -73,6 +74,7 @@ class MailServer:
         self.runner: QueueRunner | None = None
         self.reject: RejectGate | None = None
         self._configure(settings)
+        metrics.watch_mta(self)  # relayguard_smtp_sessions_active
 
     def _configure(self, settings: Settings) -> None:
         """Everything derived from the settings; new sessions use it, sessions in flight finish as they began."""
@@ -132,7 +134,9 @@ class MailServer:
         if routes.remote:
             recipients = [Recipient(r) for r in routes.remote]
             entry = QueueEntry(msg.queue_id, mail_from, recipients, time.time(), client_ip, helo, identity)
+        started = time.monotonic()
         await asyncio.to_thread(msg.commit, routes.local, entry)
+        metrics.message_accepted(msg.size, time.monotonic() - started)
         log.event("accepted", client=client_ip, id=msg.queue_id, sender=mail_from, size=msg.size,
                   local=len(routes.local), remote=len(routes.remote))
         if entry is not None and self.runner is not None:
@@ -207,6 +211,7 @@ class Session(asyncio.Protocol):
             return
         srv.sessions.add(self)
         srv.per_ip[self.ip] += 1
+        metrics.session_started(self.submission)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -215,6 +220,7 @@ class Session(asyncio.Protocol):
 
     def _refuse(self, code: str, enhanced: str, text: str, reason: str) -> None:
         log.event("refuse", client=self.ip, reason=reason)
+        metrics.refused(reason)
         assert self.transport is not None
         self.transport.write(f"{code} {enhanced} {self.server.settings.server.hostname} {text}\r\n".encode())
         self.transport.close()
@@ -291,6 +297,7 @@ class Session(asyncio.Protocol):
             if self.transport:
                 self.transport.close()
             self._release()
+            metrics.session_ended(time.monotonic() - deadline + s.session_timeout, self.conn.errors)
             log.event("disconnect", client=self.ip)
 
     async def _wait_input(self, timeout: float) -> bool:
@@ -321,6 +328,8 @@ class Session(asyncio.Protocol):
                 reply = srv.policy.check_sender(box, conn.identity)
                 log.event("mail", logging.DEBUG if reply.positive else logging.INFO, client=self.ip, sender=box,
                           user=conn.identity or "", result=reply.code)
+                if not reply.positive:
+                    metrics.refused("sender")
                 conn.reply(reply)
             case p.RcptTo(mailbox=box, text=text):
                 reply, reason = srv.policy.check_recipient(box, text, client_ip=self.ip, identity=conn.identity)
@@ -329,16 +338,18 @@ class Session(asyncio.Protocol):
                 decision = "accept" if reply.positive else "reject"
                 log.event("rcpt", logging.DEBUG if reply.positive else logging.INFO, client=self.ip, rcpt=text,
                           decision=decision, reason=reason, reply=reply.code)
+                metrics.rcpt(reply.positive, reason)
                 conn.reply(reply)
             case p.DataStart():
                 self._start_message()
             case p.DataChunk(data=data):
                 assert self.message is not None
-                self.message.write(data)
+                self.message.write(self.client_headers.feed(data))
             case p.DataEnd():
                 conn.reply(await self._commit())
             case p.DataDiscarded(reason=reason):
                 log.event("discard", client=self.ip, id=self.queue_id, reason=reason)
+                metrics.refused(reason)
                 if self.message is not None:
                     self.message.discard()
                     self.message = None
@@ -348,6 +359,8 @@ class Session(asyncio.Protocol):
                 await self._start_tls()
             case p.Closing(reason=reason):
                 log.event("close", logging.DEBUG if reason == "quit" else logging.INFO, client=self.ip, reason=reason)
+                if reason != "quit":
+                    metrics.refused(reason)
             case p.Helo() | p.Reset():
                 pass
 
@@ -371,6 +384,7 @@ class Session(asyncio.Protocol):
         )
         if self.dnsbl is not None:  # issue 6: the DNSBL score of accepted mail
             self.message.write(RejectGate.header(self))
+        self.client_headers = HeaderFilter()  # issue 6: the client's own X-Relayguard-DNSBL never survives
 
     async def _commit(self) -> Reply:
         msg, env, conn = self.message, self.conn.envelope, self.conn
@@ -387,12 +401,14 @@ class Session(asyncio.Protocol):
         srv, conn = self.server, self.conn
         if not srv.auth_limiter.allow(self.ip, time.monotonic()):
             log.event("auth", client=self.ip, result="rate-limited")
+            metrics.SMTP_AUTH.labels("rate-limited").inc()
             conn.close(Reply(421, "4.7.0", f"{conn.hostname} Error: too many AUTH attempts from {self.ip}"), "auth rate")
             return
         ok = event.authzid in ("", event.username) and await asyncio.to_thread(
             srv.users.verify, event.username, event.password
         )
         log.event("auth", client=self.ip, user=event.username, mechanism=event.mechanism, result="ok" if ok else "fail")
+        metrics.SMTP_AUTH.labels("ok" if ok else "fail").inc()
         if ok:
             conn.authenticated(event.username.lower())
         else:
@@ -408,6 +424,7 @@ class Session(asyncio.Protocol):
             new = await loop.start_tls(self.transport, self, ctx, server_side=True, ssl_handshake_timeout=30)
         except (ConnectionError, ssl.SSLError, OSError, TimeoutError) as e:
             log.event("tls-failed", client=self.ip, error=e)
+            metrics.SMTP_TLS.labels("failed").inc()
             self.conn.close(Reply(421, "4.7.0", "TLS handshake failed"), "tls failed")
             self.lost = True
             return
@@ -420,4 +437,5 @@ class Session(asyncio.Protocol):
         if cipher:
             self.tls = TLSInfo(cipher[1], cipher[0], cipher[2])
         log.event("tls", client=self.ip, version=cipher[1] if cipher else "?", cipher=cipher[0] if cipher else "?")
+        metrics.SMTP_TLS.labels("ok").inc()
         self.conn.tls_started()

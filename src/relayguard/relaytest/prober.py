@@ -22,7 +22,8 @@ starts one for the run.
 How a target is tested: one session first (greeting, EHLO or HELO, optional STARTTLS, EHLO
 again); its banner and EHLO name fill the catalogue placeholders. Then up to `connections`
 sessions share the cases: each case is MAIL, RCPT (and in data/confirm mode DATA with a unique
-token), then RSET. A session is replaced before it collects `errors_per_session` refusals, so
+token), then RSET; in probe mode, when the server offers PIPELINING, the three go out in one
+write (RFC 2920: one round trip per case). A session is replaced before it collects `errors_per_session` refusals, so
 tarpits that start after N errors (Postfix, relayguard) never start. A 421 reply, a disconnect
 or a timeout inside a case ends that session; the case is retried once on a new one. A 530
 stops the run (verdict auth-required). Nothing beyond the catalogue (and, with `smuggling`, the
@@ -77,6 +78,7 @@ class RelayTestOptions:
     smuggle_rcpt: str = ""  # a local recipient of the target; "" = postmaster at {D}, {T}, [{IP}], or alone
     tls_context: ssl.SSLContext | None = None
     bind: str = ""  # local address to connect from (e.g. an untrusted one for a self-check)
+    pipelining: bool = True  # probe mode: MAIL, RCPT and RSET in one write when the server offers PIPELINING
 
     def check(self) -> None:
         """Raise ValueError for options that cannot work."""
@@ -169,6 +171,7 @@ class Session:
         self.ehlo: ServerReply | None = None
         self.extensions: dict[str, str] = {}
         self.tls = ""
+        self.rset_sent = False  # the last case's RSET went out with its MAIL and RCPT (pipelined)
 
     # Low level
 
@@ -219,6 +222,19 @@ class Session:
         if reply.code == 421:
             raise SessionError(f"server closing the session at {stage}: {reply.code} {reply.text}", stage, reply)
         return reply
+
+    async def pipeline(self, commands: Sequence[tuple[str, str]]) -> list[ServerReply]:
+        """Send (line, stage) commands in one write (RFC 2920 PIPELINING) and read their replies in
+        order; a 421 ends the session (SessionError) like `command`."""
+        await self._write("".join(line + "\r\n" for line, _ in commands).encode("utf-8"),
+                          "\n".join(line for line, _ in commands), commands[0][1])
+        replies = []
+        for _, stage in commands:
+            reply = await self._read_reply(stage)
+            if reply.code == 421:
+                raise SessionError(f"server closing the session at {stage}: {reply.code} {reply.text}", stage, reply)
+            replies.append(reply)
+        return replies
 
     async def send_data(self, data: bytes, shown: str, stage: str, timeout: float | None = None) -> ServerReply:
         await self._write(data, shown, stage)
@@ -465,7 +481,7 @@ class _TargetRun:
                         if self.stop.is_set() or not self.queue or session.errors >= self.o.errors_per_session:
                             await session.quit()
                             session = None
-                        else:
+                        elif not session.rset_sent:
                             await session.rset()
                     except SessionError as e:
                         res.transcript.append(f"-- {e}")
@@ -493,6 +509,9 @@ class _TargetRun:
 
     async def attempt(self, s: Session, case: Case, res: CaseResult) -> None:
         o = self.o
+        s.rset_sent = False
+        if o.mode == "probe" and o.pipelining and "PIPELINING" in s.extensions:
+            return await self.attempt_pipelined(s, res)
         mail = await s.command(res.mail_from, "mail")
         res.replies.append(Exchange(res.mail_from, mail))
         if not mail.accepted:
@@ -524,6 +543,26 @@ class _TargetRun:
                                 o.data_timeout or o.timeout)
         res.replies.append(Exchange(".", dot))
         res.outcome, res.stage = (Outcome.ACCEPTED_DATA, "dot") if dot.accepted else (Outcome.REFUSED, "dot")
+
+    async def attempt_pipelined(self, s: Session, res: CaseResult) -> None:
+        """Probe mode, server offering PIPELINING: MAIL, RCPT and RSET in one round trip. RCPT goes
+        out even when MAIL is refused (its reply, a 503 most likely, is in the transcript only):
+        one more error for the session at most, still below the tarpit limits."""
+        mail, rcpt, _ = await s.pipeline(((res.mail_from, "mail"), (res.rcpt_to, "rcpt"), ("RSET", "rset")))
+        s.rset_sent = True
+        res.replies.append(Exchange(res.mail_from, mail))
+        if not mail.accepted:
+            res.outcome, res.stage = Outcome.REFUSED, "mail"
+            if mail.code == 530:
+                raise AuthRequired(mail)
+            return
+        res.replies.append(Exchange(res.rcpt_to, rcpt))
+        if rcpt.code not in (250, 251):
+            res.outcome, res.stage = Outcome.REFUSED, "rcpt"
+            if rcpt.code == 530:
+                raise AuthRequired(rcpt)
+            return
+        res.outcome, res.stage = Outcome.ACCEPTED_RCPT, "rcpt"
 
     async def confirm(self) -> None:
         assert self.canary is not None

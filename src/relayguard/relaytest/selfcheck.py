@@ -18,7 +18,7 @@ import logging
 import time
 from pathlib import Path
 
-from .. import log
+from .. import log, metrics
 from ..config import Settings, parse_hostport
 from .prober import RelayTestOptions, check_target
 from .result import TargetResult, Verdict
@@ -66,6 +66,7 @@ async def self_check_once(settings: Settings) -> list[TargetResult]:
     for target, source, why in plan(settings):
         if why:
             log.event("selfcheck", logging.WARNING, target=target, verdict="skipped", reason=why)
+            metrics.selfcheck(target, "skipped")
             entries.append({"target": target, "source": source, "verdict": "skipped", "reason": why, "relays": []})
             continue
         options = RelayTestOptions(mode="probe", helo="selfcheck.relayguard.invalid", canary_domain=_outside_domain(settings),
@@ -77,8 +78,10 @@ async def self_check_once(settings: Settings) -> list[TargetResult]:
         level = {Verdict.OPEN: logging.CRITICAL, Verdict.UNREACHABLE: logging.WARNING}.get(r.verdict, logging.INFO)
         log.event("selfcheck", level, target=target, source=source, verdict=r.verdict.value,
                   relays=",".join(relays) or "-", reason=r.reason)
+        metrics.selfcheck(target, r.verdict.value, r.elapsed)
         entries.append({"target": target, "source": source, "verdict": r.verdict.value, "reason": r.reason, "relays": relays})
     write_status(settings, entries)
+    metrics.selfcheck_done(r.verdict.value for r in results)
     return results
 
 

@@ -32,6 +32,9 @@ __all__ = ["Contact", "AbuseOverrides", "OverrideError", "RdapClient", "RdapErro
            "rfc2142_contact", "ContactFinder"]
 
 _ADDRESS = re.compile(r"^[^@\s<>(),;:\"]+@[^@\s<>(),;:\"]+\.[^@\s<>(),;:\"]+$")
+# an override is the operator's own word: a single-label domain (postmaster@localhost, a lab's
+# local mailbox) is allowed there, not in what RDAP servers hand out
+_OVERRIDE_ADDRESS = re.compile(r"^[^@\s<>(),;:\"]+@[^@\s<>(),;:\".]+(?:\.[^@\s<>(),;:\".]+)*$")
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ class AbuseOverrides:
             addresses = [a.strip().strip("<>") for a in re.split(r"[,\s]+", value) if a.strip()]
             if not key or not addresses:
                 raise OverrideError(f"{source}:{n}: expected 'domain: address', got {raw.strip()!r}")
-            bad = [a for a in addresses if not _ADDRESS.match(a)]
+            bad = [a for a in addresses if not _OVERRIDE_ADDRESS.match(a)]
             if bad:
                 raise OverrideError(f"{source}:{n}: {bad[0]!r} is not a mail address")
             try:

@@ -34,7 +34,7 @@ from jinja2 import Environment, FileSystemLoader
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import log
+from .. import log, metrics
 from ..config import Settings
 from ..dnsbl import store as store_mod
 from ..dnsbl.lifecycle import Answer, Lifecycle, LifecycleError, Policy, inject_mailer, options_from_settings
@@ -502,6 +502,13 @@ def create_app(ctx: WebContext, *, lifespan: bool = True) -> FastAPI:
         if request.url.path.startswith(("/admin", "/jobs", "/api/v1/jobs")):
             response.headers["Cache-Control"] = "no-store"
         return response
+
+    if settings.metrics.web:  # Prometheus, issue 9 (docs/operations.md)
+
+        @app.get("/metrics", include_in_schema=False)
+        async def metrics_page(request: Request) -> Response:
+            body, content_type = metrics.exposition(request.headers.get("accept"))
+            return Response(body, media_type=content_type)
 
     # Public pages ------------------------------------------------------------------------------
 
