@@ -42,6 +42,18 @@ def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, in
     return host, int(port)
 
 
+def _check_cidrs(values: list[str]) -> list[str]:
+    for net in values:
+        ipaddress.ip_network(net, strict=False)
+    return values
+
+
+def _check_dns_servers(values: list[str]) -> list[str]:
+    for server in values:
+        ipaddress.ip_address(parse_hostport(server, 53)[0])
+    return values
+
+
 def _check_listen(values: list[str]) -> list[str]:
     for v in values:
         parse_hostport(v)
@@ -145,12 +157,7 @@ class RelaySettings(_Section):
     trusted_networks: list[str] = []
     """CIDRs allowed to relay without AUTH; keep empty unless you must."""
 
-    @field_validator("trusted_networks")
-    @classmethod
-    def _cidrs(cls, v: list[str]) -> list[str]:
-        for net in v:
-            ipaddress.ip_network(net, strict=False)
-        return v
+    _v_cidrs = field_validator("trusted_networks")(_check_cidrs)
 
     def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [ipaddress.ip_network(n, strict=False) for n in self.trusted_networks]
@@ -206,12 +213,7 @@ class DeliverySettings(_Section):
             parse_hostport(v, 25)
         return v
 
-    @field_validator("dns_servers")
-    @classmethod
-    def _dns(cls, v: list[str]) -> list[str]:
-        for server in v:
-            ipaddress.ip_address(parse_hostport(server, 53)[0])
-        return v
+    _v_dns = field_validator("dns_servers")(_check_dns_servers)
 
 
 class RelayTestSettings(_Section):
@@ -325,19 +327,8 @@ class DNSBLSettings(_Section):
             parse_hostport(v)
         return v
 
-    @field_validator("axfr_allow")
-    @classmethod
-    def _allow(cls, v: list[str]) -> list[str]:
-        for net in v:
-            ipaddress.ip_network(net, strict=False)
-        return v
-
-    @field_validator("notify")
-    @classmethod
-    def _notify(cls, v: list[str]) -> list[str]:
-        for hop in v:
-            ipaddress.ip_address(parse_hostport(hop, 53)[0])
-        return v
+    _v_cidrs = field_validator("axfr_allow")(_check_cidrs)
+    _v_notify = field_validator("notify")(_check_dns_servers)
 
 
 class StoreSettings(_Section):
@@ -402,12 +393,7 @@ class TraceSettings(_Section):
     reporter: str = ""
     """From of ARF reports; default postmaster@<server.hostname>."""
 
-    @field_validator("trusted_networks", "internal_networks", "msa_networks")
-    @classmethod
-    def _trace_cidrs(cls, v: list[str]) -> list[str]:
-        for net in v:
-            ipaddress.ip_network(net, strict=False)
-        return v
+    _v_cidrs = field_validator("trusted_networks", "internal_networks", "msa_networks")(_check_cidrs)
 
 
 def _check_sites(v: list[str]) -> list[str]:
@@ -448,13 +434,7 @@ class RejectSettings(_Section):
     """What `dnsbl check` asks when neither --zone nor dnsbl_sites is set."""
 
     _v_sites = field_validator("dnsbl_sites", "check_sites")(_check_sites)
-
-    @field_validator("dns_servers")
-    @classmethod
-    def _reject_dns(cls, v: list[str]) -> list[str]:
-        for server in v:
-            ipaddress.ip_address(parse_hostport(server, 53)[0])
-        return v
+    _v_dns = field_validator("dns_servers")(_check_dns_servers)
 
 
 def _default_check_sites() -> tuple[str, ...]:
@@ -509,12 +489,7 @@ class WebSettings(_Section):
             parse_hostport(v)
         return v
 
-    @field_validator("trusted_proxies")
-    @classmethod
-    def _web_proxies(cls, v: list[str]) -> list[str]:
-        for net in v:
-            ipaddress.ip_network(net, strict=False)
-        return v
+    _v_cidrs = field_validator("trusted_proxies")(_check_cidrs)
 
 
 class MetricsSettings(_Section):
