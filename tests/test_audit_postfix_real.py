@@ -15,14 +15,13 @@ import os
 import pwd
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
+from postfix_instance import POSTFIX, PostfixInstance
 
 from relayguard.audit import audit
 from relayguard.audit import postfix as P
@@ -30,7 +29,6 @@ from relayguard.relaytest import RelayTestOptions, Verdict, run
 
 FIXTURES = Path(__file__).parent / "fixtures" / "audit" / "postfix"
 POSTCONF = shutil.which("postconf") or "/usr/sbin/postconf"
-POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 
 # What the reader must compute exactly as Postfix does, beyond what main.cf sets.
 CHECKED = (
@@ -125,7 +123,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class LivePostfix:
+class LivePostfix(PostfixInstance):
     """`postfix start-fg` on a copy of a fixture: own queue, data and log; every inet service on 127.0.0.1."""
 
     def __init__(self, fixture: Path, root: Path) -> None:
@@ -157,30 +155,7 @@ class LivePostfix:
         for table in self.conf.iterdir():
             if table.suffix == "" and table.is_file():
                 subprocess.run([POSTFIX.replace("postfix", "postmap"), "-c", str(self.conf), f"hash:{table}"], capture_output=True)
-        self.proc = subprocess.Popen([POSTFIX, "-c", str(self.conf), "start-fg"], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"postfix did not start: {self.log()}") from None
-                time.sleep(0.1)
-
-    def log(self) -> str:
-        path = self.root / "maillog"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def stop(self) -> None:
-        subprocess.run([POSTFIX, "-c", str(self.conf), "stop"], capture_output=True, timeout=30)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        self.start()
 
 
 @pytest.fixture

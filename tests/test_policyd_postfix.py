@@ -15,8 +15,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,16 +22,16 @@ import uuid
 from pathlib import Path
 
 import pytest
+from postfix_instance import POSTFIX, PostfixInstance
 from conftest import free_port
 
 from dnsbl_fixtures import FakeList, ListServer
 from fakes import FakeMX
 
-POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 REASON = "Open relay; see http://bl.test/lookup?ip=127.0.0.5"
 
 
-class PrivatePostfix:
+class PrivatePostfix(PostfixInstance):
     """`postfix start-fg` with its own main.cf/master.cf, queue, data and log, on 127.0.0.1:PORT."""
 
     def __init__(self, root: Path, policy_port: int, mx_port: int) -> None:
@@ -80,30 +78,7 @@ smtpd_recipient_restrictions = reject_unauth_destination, check_policy_service i
         self.conf = conf
         check = subprocess.run([POSTFIX, "-c", str(conf), "check"], capture_output=True, text=True, timeout=60)
         assert check.returncode == 0, check.stderr + self.log()
-        self.proc = subprocess.Popen([POSTFIX, "-c", str(conf), "start-fg"], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"postfix did not start: {self.log()}") from None
-                time.sleep(0.1)
-
-    def log(self) -> str:
-        path = self.root / "maillog"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def stop(self) -> None:
-        subprocess.run([POSTFIX, "-c", str(self.conf), "stop"], capture_output=True, timeout=30)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        self.start()
 
 
 @pytest.fixture(scope="module")
