@@ -103,10 +103,13 @@ class QueueDir:
             return False
 
     def _remove(self, queue_id: str) -> None:
-        """Record first: without it the message file is ignored; one directory fsync for both."""
+        """Record first: without it the message file is ignored.
+
+        No directory fsync, as in Postfix: a removal lost to a power cut only brings the entry
+        back to be delivered again, it never loses mail; a killed process loses nothing.
+        """
         (self.path / f"{queue_id}.json").unlink()
         self.message_path(queue_id).unlink(missing_ok=True)
-        fsync_dir(self.path)
 
     def quarantine(self, queue_id: str, reason: str) -> None:
         """Move an unreadable entry aside, keeping it for a person to look at."""
