@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from . import nets
 from .model import AuditError
+from .postfix import split_list
 from .source import Source, locate
 
 POSTFIX_HOMES = ("/etc/postfix", "/usr/local/etc/postfix")
@@ -157,7 +158,7 @@ def _inline(body: str) -> list[Entry]:
     if inner.startswith("{") and inner.endswith("}"):
         inner = inner[1:-1]
     entries = []
-    for item in _split_inline(inner):
+    for item in split_list(inner):
         item = item.strip()
         if item.startswith("{") and item.endswith("}"):
             item = item[1:-1].strip()
@@ -166,27 +167,6 @@ def _inline(body: str) -> list[Entry]:
         key, _, value = item.partition("=")
         entries.append(Entry(key.strip(), value.strip(), None, "key"))
     return entries
-
-
-def _split_inline(text: str) -> list[str]:
-    """Items separated by commas or whitespace; `{ ... }` keeps one item whole."""
-    items: list[str] = []
-    buf: list[str] = []
-    depth = 0
-    for c in text:
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth = max(0, depth - 1)
-        if depth == 0 and (c == "," or c.isspace()):
-            if buf:
-                items.append("".join(buf))
-                buf = []
-            continue
-        buf.append(c)
-    if buf:
-        items.append("".join(buf))
-    return items
 
 
 def load(spec: str, source: Source) -> Table:
