@@ -334,3 +334,24 @@ def test_legal_pipelining_works_on_submission(make_server):
     c = session(srv.submission_port, tls=True)
     expect(c.cmd(auth_plain("alice@localhost", "alice-secret")), 235, "2.7.0")
     _pipelined_transaction(c, "alice@localhost", srv, "alice")
+
+
+def test_client_that_half_closes_still_gets_every_reply(server):
+    """A client may send its last command and shut down its sending side (SHUT_WR): the server
+    still finishes the work, answers everything and only then closes."""
+    token = secrets.token_hex(8)
+    c = session(server.smtp_port)
+    c.send(b"MAIL FROM:<sender@example.org>\r\n")
+    expect(c.reply(), 250, "2.1.0")
+    c.send(b"RCPT TO:<alice@localhost>\r\n")
+    expect(c.reply(), 250, "2.1.5")
+    c.send(b"DATA\r\n")
+    assert c.reply()[0] == 354
+    c.send(f"Subject: {token}\r\n\r\nbody\r\n.\r\nQUIT\r\n".encode())
+    c.sock.shutdown(socket.SHUT_WR)
+    try:
+        replies = c.rest()
+    finally:
+        c.close()
+    assert [r[0] for r in replies] == [250, 221], replies
+    assert sum(token.encode() in m for m in server.messages("alice")) == 1

@@ -12,8 +12,10 @@ import socket
 import ssl
 import time
 from collections import Counter, defaultdict, deque
+from collections.abc import Coroutine
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from .. import log, metrics
 from ..addr import AddressError, Mailbox, parse_path
@@ -172,27 +174,34 @@ class MailServer:
 
 
 class Session(asyncio.Protocol):
-    """One client connection."""
+    """One client connection.
+
+    Received bytes are handled at once in `data_received`: most commands need no waiting, and
+    handling them there costs no task switch. An event that must wait (a DNSBL answer, the disk,
+    a password check, the TLS handshake, a tarpit pause) runs as a task; input that arrives
+    meanwhile stays buffered in the protocol until the task is done.
+    """
 
     def __init__(self, server: MailServer, submission: bool) -> None:
         self.server = server
         self.submission = submission
         self.transport: asyncio.Transport | None = None
         self.ip = ""
-        self.wake = asyncio.Event()
-        self.lost = False
+        self.closed = False  # the transport was closed or lost
+        self.eof = False  # the client will send no more
         self.paused = False
         self.message: MessageFile | None = None
         self.queue_id = ""
         self.tls: TLSInfo | None = None
         self.rdns: str | None = None
-        self.task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[None] | None = None  # the waiting step in progress, if any
         self.dnsbl = None  # issue 6: this session's DNSBL Decision, once checked
 
     # asyncio callbacks -----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.loop = asyncio.get_running_loop()
         peer = transport.get_extra_info("peername") or ("?", 0)
         self.ip = peer[0].removeprefix("::ffff:")
         srv, s = self.server, self.server.settings
@@ -212,13 +221,18 @@ class Session(asyncio.Protocol):
         srv.sessions.add(self)
         srv.per_ip[self.ip] += 1
         metrics.session_started(self.submission)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         log.event("connect", client=self.ip, service="submission" if self.submission else "smtp")
-        self.task = asyncio.get_running_loop().create_task(self._run())
+        self.started = self.active = self.loop.time()
+        self.timer = self.loop.call_at(self.started + s.smtp.timeout, self._on_timer)
+        gate = srv.reject.connect_check(self.ip, self.submission) if srv.reject else None
+        if gate is None and not s.smtp.reverse_dns and not s.smtp.greet_pause:
+            self.conn.greeting()
+            self._pump()
+        else:
+            self._wait(self._greet(gate))
 
     def _refuse(self, code: str, enhanced: str, text: str, reason: str) -> None:
+        self.closed = True
         log.event("refuse", client=self.ip, reason=reason)
         metrics.refused(reason)
         assert self.transport is not None
@@ -226,29 +240,23 @@ class Session(asyncio.Protocol):
         self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        self.active = self.loop.time()
         self.conn.receive_data(data)
-        if self.conn.buffered > _READ_HIGH_WATER and not self.paused and self.transport:
+        if self.task is None:
+            self._pump()
+        if self.conn.buffered > _READ_HIGH_WATER and not self.paused and not self.closed:
             self.paused = True
-            self.transport.pause_reading()
-        self.wake.set()
+            self.transport.pause_reading()  # type: ignore[union-attr]
 
     def eof_received(self) -> bool | None:
-        self.lost = True
-        self.wake.set()
-        return None
+        self.eof = True
+        if self.task is None:
+            self._pump()
+        return None if self.tls else True  # keep the transport until the replies are out (not for TLS)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        self.wake.set()
-        self._release()
-
-    def _release(self) -> None:
-        """Free this session's place under the caps (once), as soon as the session is over."""
-        if self in self.server.sessions:
-            self.server.sessions.discard(self)
-            self.server.per_ip[self.ip] -= 1
-            if self.server.per_ip[self.ip] <= 0:
-                del self.server.per_ip[self.ip]
+        self.closed = True  # a step in progress still finishes: a commit must log and wake the queue
+        self._end()
 
     def abort(self) -> None:
         if self.transport:
@@ -256,72 +264,105 @@ class Session(asyncio.Protocol):
         if self.task:
             self.task.cancel()
 
-    # The session loop ------------------------------------------------------------------------
+    def _end(self) -> None:
+        """The session is over: free its place under the caps and its spool file (once)."""
+        srv = self.server
+        if self not in srv.sessions:
+            return
+        srv.sessions.discard(self)
+        srv.per_ip[self.ip] -= 1
+        if srv.per_ip[self.ip] <= 0:
+            del srv.per_ip[self.ip]
+        self.timer.cancel()
+        if self.message is not None:
+            self.message.discard()
+            self.message = None
+        metrics.session_ended(self.loop.time() - self.started, self.conn.errors)
+        log.event("disconnect", client=self.ip)
 
-    async def _run(self) -> None:
-        s = self.server.settings.smtp
-        deadline = time.monotonic() + s.session_timeout
+    # Driving the protocol --------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Handle events until one has to wait or input runs out, then send the replies."""
+        conn = self.conn
         try:
-            gate = self.server.reject.connect_check(self.ip, self.submission) if self.server.reject else None
-            if s.reverse_dns:
-                self.rdns = await reverse_dns(self.ip)
-            if s.greet_pause:
-                await asyncio.sleep(s.greet_pause)
-            if gate is not None:  # issue 6: postscreen-style check before the greeting
-                self.dnsbl = await gate
-            refusal = RejectGate.connect_reply(self.dnsbl) if self.dnsbl is not None else None
-            if refusal is not None:
-                self.conn.close(refusal, "dnsbl")
-            else:
-                self.conn.greeting()
-            while not self.lost:
-                event = self.conn.next_event()
-                if event is not None:
-                    await self._handle(event)
-                    continue
-                await self._flush()
-                if self.conn.closed:
+            while not self.closed:
+                event = conn.next_event()
+                if event is None:
                     break
-                if self.paused and self.transport:
-                    self.paused = False
-                    self.transport.resume_reading()
-                if not await self._wait_input(min(s.timeout, deadline - time.monotonic())):
-                    self.conn.close(Reply(421, "4.4.2", f"{self.conn.hostname} Error: timeout exceeded"), "timeout")
-            await self._flush()
-        except (ConnectionError, ssl.SSLError, OSError) as e:
+                step = self._handle(event)
+                if step is not None:
+                    self._wait(step)
+                    return
+        except (OSError, ValueError) as e:  # the spool file (disk full, ...)
             log.event("error", client=self.ip, error=e)
-        finally:
-            if self.message is not None:
-                self.message.discard()
-                self.message = None
-            if self.transport:
-                self.transport.close()
-            self._release()
-            metrics.session_ended(time.monotonic() - deadline + s.session_timeout, self.conn.errors)
-            log.event("disconnect", client=self.ip)
+            self._close()
+            return
+        delay = conn.take_delay()
+        if delay:  # tarpit: the replies go out after the pause
+            self._wait(asyncio.sleep(delay))
+            return
+        out = conn.data_to_send()
+        if self.closed or self.transport.is_closing():  # type: ignore[union-attr]
+            return
+        if out:
+            self.transport.write(out)  # type: ignore[union-attr]
+            self.active = self.loop.time()
+        if conn.closed or self.eof:
+            self._close()
+        elif self.paused:
+            self.paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
 
-    async def _wait_input(self, timeout: float) -> bool:
-        self.wake.clear()
-        if self.lost:
-            return True
+    def _wait(self, step: Coroutine[Any, Any, object]) -> None:
+        self.task = self.loop.create_task(self._run_step(step))
+
+    async def _run_step(self, step: Coroutine[Any, Any, object]) -> None:
         try:
-            async with asyncio.timeout(max(timeout, 0)):
-                await self.wake.wait()
-        except TimeoutError:
-            return False
-        return True
+            await step
+        except Exception as e:  # noqa: BLE001 (network errors, and bugs: the session ends either way)
+            log.event("error", logging.INFO if isinstance(e, OSError) else logging.ERROR, client=self.ip, error=e)
+            self._close()
+        finally:
+            self.task = None
+        self._pump()
 
-    async def _flush(self) -> None:
-        delay = self.conn.take_delay()
-        if delay:
-            await asyncio.sleep(delay)
-        out = self.conn.data_to_send()
-        if out and self.transport and not self.transport.is_closing():
-            self.transport.write(out)
+    def _close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.close()  # type: ignore[union-attr]
+
+    def _on_timer(self) -> None:
+        """Idle timeout (from the last byte in or out) and total session time."""
+        s = self.server.settings.smtp
+        now = self.loop.time()
+        due = min(self.active + s.timeout, self.started + s.session_timeout)
+        if self.task is not None:  # our own work is not the client's idleness
+            due = max(due, now + s.timeout)
+        if now < due:
+            self.timer = self.loop.call_at(due, self._on_timer)
+            return
+        self.conn.close(Reply(421, "4.4.2", f"{self.conn.hostname} Error: timeout exceeded"), "timeout")
+        self._pump()
+
+    async def _greet(self, gate: asyncio.Task[Any] | None) -> None:
+        s = self.server.settings.smtp
+        if s.reverse_dns:
+            self.rdns = await reverse_dns(self.ip)
+        if s.greet_pause:
+            await asyncio.sleep(s.greet_pause)
+        if gate is not None:  # issue 6: postscreen-style check before the greeting
+            self.dnsbl = await gate
+        refusal = RejectGate.connect_reply(self.dnsbl) if self.dnsbl is not None else None
+        if refusal is not None:
+            self.conn.close(refusal, "dnsbl")
+        else:
+            self.conn.greeting()
 
     # Events ----------------------------------------------------------------------------------
 
-    async def _handle(self, event: p.Event) -> None:
+    def _handle(self, event: p.Event) -> Coroutine[Any, Any, None] | None:
+        """Answer an event at once, or return the step that answers it after waiting."""
         conn, srv = self.conn, self.server
         match event:
             case p.MailFrom(mailbox=box):
@@ -334,19 +375,15 @@ class Session(asyncio.Protocol):
             case p.RcptTo(mailbox=box, text=text):
                 reply, reason = srv.policy.check_recipient(box, text, client_ip=self.ip, identity=conn.identity)
                 if reply.positive and srv.reject is not None:  # issue 6: DNSBL check at RCPT
-                    reply, reason = await srv.reject.check_rcpt(self, reply, reason)
-                decision = "accept" if reply.positive else "reject"
-                log.event("rcpt", logging.DEBUG if reply.positive else logging.INFO, client=self.ip, rcpt=text,
-                          decision=decision, reason=reason, reply=reply.code)
-                metrics.rcpt(reply.positive, reason)
-                conn.reply(reply)
+                    return self._rcpt_dnsbl(text, reply, reason)
+                self._rcpt_reply(text, reply, reason)
             case p.DataStart():
                 self._start_message()
             case p.DataChunk(data=data):
                 assert self.message is not None
                 self.message.write(self.client_headers.feed(data))
             case p.DataEnd():
-                conn.reply(await self._commit())
+                return self._commit()
             case p.DataDiscarded(reason=reason):
                 log.event("discard", client=self.ip, id=self.queue_id, reason=reason)
                 metrics.refused(reason)
@@ -354,15 +391,27 @@ class Session(asyncio.Protocol):
                     self.message.discard()
                     self.message = None
             case p.AuthRequest():
-                await self._auth(event)
+                return self._auth(event)
             case p.StartTLS():
-                await self._start_tls()
+                return self._start_tls()
             case p.Closing(reason=reason):
                 log.event("close", logging.DEBUG if reason == "quit" else logging.INFO, client=self.ip, reason=reason)
                 if reason != "quit":
                     metrics.refused(reason)
             case p.Helo() | p.Reset():
                 pass
+        return None
+
+    async def _rcpt_dnsbl(self, text: str, reply: Reply, reason: str) -> None:
+        reply, reason = await self.server.reject.check_rcpt(self, reply, reason)  # type: ignore[union-attr]
+        self._rcpt_reply(text, reply, reason)
+
+    def _rcpt_reply(self, text: str, reply: Reply, reason: str) -> None:
+        decision = "accept" if reply.positive else "reject"
+        log.event("rcpt", logging.DEBUG if reply.positive else logging.INFO, client=self.ip, rcpt=text,
+                  decision=decision, reason=reason, reply=reply.code)
+        metrics.rcpt(reply.positive, reason)
+        self.conn.reply(reply)
 
     def _start_message(self) -> None:
         self.queue_id = new_queue_id()
@@ -386,7 +435,7 @@ class Session(asyncio.Protocol):
             self.message.write(RejectGate.header(self))
         self.client_headers = HeaderFilter()  # issue 6: the client's own X-Relayguard-DNSBL never survives
 
-    async def _commit(self) -> Reply:
+    async def _commit(self) -> None:
         msg, env, conn = self.message, self.conn.envelope, self.conn
         assert msg is not None and env.mail_from is not None
         self.message = None
@@ -394,8 +443,9 @@ class Session(asyncio.Protocol):
             await self.server.store_message(msg, str(env.mail_from), env.rcpts, self.ip, conn.helo or "", conn.identity or "")
         except (OSError, ValueError) as e:
             log.event("store-failed", client=self.ip, id=self.queue_id, error=e)
-            return LOCAL_ERROR
-        return Reply(250, "2.0.0", f"Ok: queued as {self.queue_id}")
+            conn.reply(LOCAL_ERROR)
+            return
+        conn.reply(Reply(250, "2.0.0", f"Ok: queued as {self.queue_id}"))
 
     async def _auth(self, event: p.AuthRequest) -> None:
         srv, conn = self.server, self.conn
@@ -414,22 +464,27 @@ class Session(asyncio.Protocol):
         else:
             conn.reply(AUTH_FAILED)
 
-    async def _start_tls(self) -> None:
+    def _start_tls(self) -> Coroutine[Any, Any, None]:
+        """Send the 220 and stop reading now, so no plaintext sent after STARTTLS is ever read as
+        if it came inside TLS (CVE-2011-0411); the handshake itself waits."""
+        assert self.transport is not None
+        self.transport.write(self.conn.data_to_send())
+        self.transport.pause_reading()
+        return self._handshake()
+
+    async def _handshake(self) -> None:
         ctx = self.server.ssl_context
         assert ctx is not None and self.transport is not None
-        # Flush the 220 and start the handshake with no await in between: no plaintext can slip in.
-        self.transport.write(self.conn.data_to_send())
-        loop = asyncio.get_running_loop()
         try:
-            new = await loop.start_tls(self.transport, self, ctx, server_side=True, ssl_handshake_timeout=30)
+            new = await self.loop.start_tls(self.transport, self, ctx, server_side=True, ssl_handshake_timeout=30)
         except (ConnectionError, ssl.SSLError, OSError, TimeoutError) as e:
             log.event("tls-failed", client=self.ip, error=e)
             metrics.SMTP_TLS.labels("failed").inc()
             self.conn.close(Reply(421, "4.7.0", "TLS handshake failed"), "tls failed")
-            self.lost = True
+            self._close()
             return
         if new is None:
-            self.lost = True
+            self._close()
             return
         self.transport = new
         obj = new.get_extra_info("ssl_object")
