@@ -3,16 +3,22 @@ with the built-in canary, target files, usage errors and Ctrl-C."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import signal
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
+import typer
 
+from relayguard import cli_app, cli_relaytest
+from relayguard.config import RelayTestSettings
 from relayguard.relaytest.catalogue import CASES
+from relayguard.relaytest.prober import RelayTestOptions
 
 from conftest import free_port
 from relay_fixtures import FixtureThread
@@ -115,3 +121,88 @@ def test_ctrl_c_prints_what_is_done(server, fixtures, tmp_path):
     assert proc.returncode == 130, err
     assert "interrupted: 1 of 2 targets done" in err
     assert [(t["target"], t["verdict"]) for t in json.loads(out)] == [(f"127.0.0.1:{server.smtp_port}", "closed")]
+
+
+# The fast path (cli.main -> cli_relaytest.fast_main: plain command lines run without Typer) -------
+
+
+def test_fast_path_knows_every_option_of_the_typer_command_as_typer_does():
+    command = typer.main.get_command(cli_app.app).get_command(None, "relaytest")
+    hints = typing.get_type_hints(cli_app.relaytest)
+    typer_defaults = inspect.signature(cli_app.relaytest).parameters
+    run_defaults = inspect.signature(cli_relaytest.run).parameters
+    converters = {int: cli_relaytest._int, float: cli_relaytest._float, str: str, Path: cli_relaytest._path}
+    seen = set()
+    for param in command.params:
+        if param.name in ("install_completion", "show_completion"):  # Typer's own: left to Typer
+            continue
+        assert run_defaults[param.name].default == typer_defaults[param.name].default, param.name
+        if param.name == "targets":
+            continue
+        assert not param.secondary_opts, param.name
+        kind = typing.get_args(hints[param.name])[0] if typing.get_origin(hints[param.name]) is typing.Union else hints[param.name]
+        expected = "flag" if param.is_flag else "multiple" if param.multiple else converters[kind]
+        for opt in param.opts:
+            assert cli_relaytest.OPTIONS[opt] == (param.name, expected), opt
+            seen.add(opt)
+    assert seen == set(cli_relaytest.OPTIONS)
+
+
+def test_built_in_defaults_are_the_config_defaults():
+    settings, options = RelayTestSettings(), RelayTestOptions()
+    for name in ("helo", "canary_domain", "canary_listen", "canary_maildir", "timeout", "confirm_timeout",
+                 "connections", "concurrency"):
+        assert getattr(settings, name) == getattr(options, name), name
+
+
+@pytest.mark.parametrize("args", [
+    ["--timeout", "5.0e0", "--list", "--json"],  # not plain decimal: Typer's conversion
+    ["--json=", "--list"],  # a flag with a value: Typer's error
+    ["--help"],
+])
+def test_what_the_fast_path_does_not_parse_goes_to_typer(tmp_path, args):
+    r = rg(*args, cwd=tmp_path)
+    if args[0] == "--timeout":
+        assert r.returncode == 0 and [c["id"] for c in json.loads(r.stdout)] == [c.id for c in CASES]
+    elif args[0] == "--help":
+        assert r.returncode == 0 and "relaytest [OPTIONS]" in r.stdout and "--canary-listen" in r.stdout
+    else:
+        assert r.returncode == 2 and "--json" in r.stderr, r.stderr
+
+
+def test_typer_path_runs_the_same_command(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli_app.app, ["relaytest", "--case", "S2", "--json", f"127.0.0.1:{free_port()}"])
+    assert r.exit_code == 2
+    (target,) = json.loads(r.stdout)
+    assert target["verdict"] == "unreachable"
+
+
+def test_plain_run_imports_neither_typer_rich_nor_pydantic(tmp_path):
+    """Start-up time (issue 4): a battery with --json needs none of them, nor a [relaytest]-less config."""
+    (tmp_path / "relayguard.toml").write_text('[smtp]\nlisten = ["127.0.0.1:2525"]\n')
+    code = ("import sys\nfrom relayguard.cli import main\ntry:\n    main()\nexcept SystemExit as e:\n"
+            "    print(e.code, sorted({m.split('.')[0] for m in sys.modules} & {'typer', 'click', 'rich', 'pydantic'}), "
+            "file=sys.stderr)\n")
+    r = subprocess.run([sys.executable, "-c", code, "relaytest", f"127.0.0.1:{free_port()}", "--json"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert r.stderr.strip() == "2 []", r.stderr
+    assert json.loads(r.stdout)[0]["verdict"] == "unreachable"
+
+
+def test_only_the_relaytest_table_of_the_config_is_read(fixtures, tmp_path):
+    _, port = fixtures.mta(accepts=lambda rcpt: False)
+    config = tmp_path / "relayguard.toml"
+    config.write_text('[smtp]\nlisten = ["nowhere"]\n\n[relaytest]\nhelo = "tester.example"\n')  # [smtp] is wrong
+    r = rg(f"127.0.0.1:{port}", "--case", "S2", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "C: EHLO tester.example" in json.loads(r.stdout)[0]["setup"]
+    config.write_text('[relaytest]\nhelo = "tester.example"\ntimeout = -1\n')
+    r = rg(f"127.0.0.1:{port}", "--json", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "configuration error:\nrelayguard.toml:3: relaytest.timeout: Input should be greater than 0" in r.stderr
+    config.write_text("[relaytest\n")
+    r = rg(f"127.0.0.1:{port}", "--json", cwd=tmp_path)
+    assert r.returncode == 2 and "configuration error:\nrelayguard.toml: " in r.stderr, r.stderr

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from relayguard import cli_trace
-from relayguard.cli import app
+from relayguard.cli_app import app
 from relayguard.dnsbl.lifecycle import Lifecycle, Policy
 from relayguard.dnsbl.store import Store
 from relayguard.trace.submit import SendError, send_report

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from relayguard.cli import app
+from relayguard.cli_app import app
 
 SPAM = (
     b"Received: from mx.victim.example (mx.victim.example [10.0.0.2])\n"

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from .audit.model import Severity
 from .audit.nets import parse_network, width
-from .config import Settings, parse_hostport
+from .config import Settings
+from .hostport import parse_hostport
 
 
 @dataclass(frozen=True)

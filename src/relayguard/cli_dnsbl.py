@@ -27,6 +27,7 @@ from .dnsbl.checker import Checker, Target, TargetError, parse_target
 from .dnsbl.client import parse_nameservers
 from .dnsbl.sites import Site, SiteError, parse_sites
 from .dnsbl.verdict import CheckResult, Status, Verdict, code_meaning
+from .hostport import parse_hostport
 
 dnsbl_app = typer.Typer(no_args_is_help=True, help="DNS blacklists: check addresses against many lists; run relayguard's own list.")
 
@@ -176,7 +177,7 @@ def _lifecycle(settings: config_mod.Settings, store: _store.Store) -> _lc.Lifecy
     if settings.dnsbl.removal_confirm:
         via = settings.dnsbl.mail_via or (settings.smtp.listen[0] if settings.smtp.listen else "")
         if via:
-            host, port = config_mod.parse_hostport(via, 25)
+            host, port = parse_hostport(via, 25)
             mailer = _lc.SMTPMailer(host, port)
     return _lc.Lifecycle(store, _lc.Policy.from_settings(settings), _lc.options_from_settings(settings), mailer=mailer)
 
@@ -611,7 +612,7 @@ def policyd(
     settings = _settings(config)
     if listen is not None:
         try:
-            config_mod.parse_hostport(listen)
+            parse_hostport(listen)
         except ValueError as e:
             raise _fail(f"--listen: {e}") from None
     try:

@@ -1,31 +1,58 @@
 """`relayguard relaytest`: the command-line face of the open-relay tester (people-facing output).
 
-Part of the CLI: mounted by cli.py, imported by nothing else. The tester itself is
-relaytest/ (prober.py has the Python API). Exit codes (DESIGN.md): 0 every target closed or
-auth-required, 1 some target open, 2 usage error or some target unreachable; 130 when
-interrupted with Ctrl-C before an open relay was found (what was done is printed first).
+Part of the CLI, imported by nothing else: the Typer command in cli_app.py (its options and
+their help) calls `run`, and so does `fast_main` (cli.main's fast path: plain invocations parsed
+here, see cli.py for why). The tester itself is relaytest/ (prober.py has the Python API).
+Exit codes (DESIGN.md): 0 every target closed or auth-required, 1 some target open, 2 usage
+error or some target unreachable; 130 when interrupted with Ctrl-C before an open relay was
+found (what was done is printed first).
+
+Start-up time is part of the command's benchmark (issue 4: the whole battery in half of nmap's
+wall time), and importing Typer, Rich or pydantic takes longer than the battery on loopback.
+So Rich is imported when a table, a progress bar or an error is printed (not for --json), and
+the configuration schema only when the file has a [relaytest] table (`_defaults`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from pathlib import Path
-from typing import Annotated, Optional
+import re
+from typing import TYPE_CHECKING, Any, Callable
 
-import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-from rich.text import Text
-
-from . import config as config_mod
+from . import config_file
+from .hostport import parse_hostport
 from .relaytest import prober
 from .relaytest.catalogue import CASES
 from .relaytest.result import Outcome, TargetResult, Verdict
 
-console = Console()
-err = Console(stderr=True)
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+    from rich.text import Text
+
+
+_consoles: dict[bool, Console] = {}
+
+
+def _console(stderr: bool = False) -> Console:
+    """Rich's console on standard output (or error), made on first use."""
+    if stderr not in _consoles:
+        from rich.console import Console
+
+        _consoles[stderr] = Console(stderr=stderr)
+    return _consoles[stderr]
+
+
+def _fail(message: str) -> int:
+    """Print an error for people (unwrapped, so file:line stays on one line); exit code 2."""
+    _console(stderr=True).print(message, highlight=False, markup=False, soft_wrap=True)
+    return 2
+
 
 _VERDICT_STYLE = {Verdict.OPEN: "bold red", Verdict.CLOSED: "bold green", Verdict.AUTH_REQUIRED: "bold yellow",
                   Verdict.UNREACHABLE: "bold magenta"}
@@ -33,12 +60,9 @@ _OUTCOME_STYLE = {Outcome.REFUSED: "green", Outcome.ACCEPTED_RCPT: "red", Outcom
                   Outcome.RELAYED: "bold red", Outcome.ERROR: "yellow"}
 
 
-def _fail(message: str) -> typer.Exit:
-    err.print(message, highlight=False, markup=False, soft_wrap=True)
-    return typer.Exit(2)
-
-
 def _title(r: TargetResult) -> Text:
+    from rich.text import Text
+
     return Text.assemble((r.target, "bold"), "  ", (r.verdict.value.upper(), _VERDICT_STYLE[r.verdict]), "  ", r.reason)
 
 
@@ -47,6 +71,9 @@ def _reply_text(code: int, enhanced: str, text: str) -> str:
 
 
 def _table(r: TargetResult) -> Table | Text:
+    from rich.table import Table
+    from rich.text import Text
+
     if not r.cases and not r.smuggling:
         return _title(r)
     caption = f"{r.banner}  {r.tls}".strip() + f"  ({r.elapsed:.2f} s, {r.sessions} sessions)" if r.banner else None
@@ -76,6 +103,7 @@ def _table(r: TargetResult) -> Table | Text:
 
 
 def _transcript(r: TargetResult) -> None:
+    console = _console()
     console.rule(f"{r.target}: transcript")
     for line in r.setup:
         console.print(line, markup=False, highlight=False)
@@ -86,6 +114,9 @@ def _transcript(r: TargetResult) -> None:
 
 
 def _summary(results: list[TargetResult]) -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table("target", "verdict", "relays", "reason", title=f"{len(results)} targets")
     for r in results:
         table.add_row(r.target, Text(r.verdict.value, _VERDICT_STYLE[r.verdict]), ", ".join(c.id for c in r.relays),
@@ -101,11 +132,11 @@ def _show(results: list[TargetResult], as_json: bool, transcript: bool) -> None:
         print(json.dumps(docs, indent=2) if len(docs) < 2 else "[\n" + ",\n".join(map(json.dumps, docs)) + "\n]")
         return
     for r in results:
-        console.print(_table(r))
+        _console().print(_table(r))
         if transcript:
             _transcript(r)
     if len(results) > 1:
-        console.print(_summary(results))
+        _console().print(_summary(results))
 
 
 def _exit_code(results: list[TargetResult]) -> int:
@@ -116,52 +147,55 @@ def _exit_code(results: list[TargetResult]) -> int:
     return 0
 
 
-def relaytest(
-    targets: Annotated[Optional[list[str]], typer.Argument(help="host, host:port or [IPv6]:port", show_default=False)] = None,
-    input_file: Annotated[Optional[Path], typer.Option("-i", "--input", help="file of targets, one a line (# comments)")] = None,
-    mode: Annotated[str, typer.Option(help="probe (MAIL/RCPT), data (send the message), confirm (wait for it at the canary)")] = "probe",
-    starttls: Annotated[bool, typer.Option("--starttls", help="run the cases inside STARTTLS")] = False,
-    canary_listen: Annotated[Optional[str], typer.Option(help="confirm mode: run the built-in canary receiver on IP:PORT")] = None,
-    canary_domain: Annotated[Optional[str], typer.Option(help="the outside domain {X}; in confirm mode one whose mail reaches the canary")] = None,
-    canary_maildir: Annotated[Optional[Path], typer.Option(help="confirm mode: watch this Maildir instead of a receiver")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print the results with every transcript as JSON")] = False,
-    transcript: Annotated[bool, typer.Option("--transcript", help="print the raw dialogue")] = False,
-    concurrency: Annotated[Optional[int], typer.Option(help="targets tested at once")] = None,
-    connections: Annotated[Optional[int], typer.Option(help="sessions per target at once")] = None,
-    timeout: Annotated[Optional[float], typer.Option(help="seconds per stage (connect, greeting, each command)")] = None,
-    confirm_timeout: Annotated[Optional[float], typer.Option(help="confirm mode: seconds to wait for arrivals")] = None,
-    rate: Annotated[float, typer.Option(help="cases started per second per target (0 = no limit)")] = 0.0,
-    time_limit: Annotated[float, typer.Option(help="seconds for the whole run (0 = none)")] = 0.0,
-    smuggling: Annotated[bool, typer.Option("--smuggling", help="also probe the SMTP smuggling end-of-data variants (data/confirm)")] = False,
-    smuggle_rcpt: Annotated[str, typer.Option(help="a local recipient of the target for --smuggling")] = "",
-    case: Annotated[Optional[list[str]], typer.Option("--case", help="run only this case id (repeatable)")] = None,
-    helo: Annotated[Optional[str], typer.Option(help="our EHLO name")] = None,
-    bind: Annotated[str, typer.Option(help="local address to connect from")] = "",
-    list_cases: Annotated[bool, typer.Option("--list", help="print the catalogue and exit")] = False,
-    config: Annotated[Optional[Path], typer.Option("-c", "--config", help="TOML configuration file")] = None,
-) -> None:
-    """Open-relay test of one or many SMTP servers with every known relay trick."""
+def _defaults(config: Path | None) -> Any:  # config.RelayTestSettings or prober.RelayTestOptions
+    """The relaytest defaults: the configuration file's [relaytest] table, validated, when it has
+    one; else the built-in defaults (RelayTestOptions holds the same as RelayTestSettings; a test
+    checks). Only that table is read: validating the whole file takes pydantic, whose import
+    alone takes longer than a battery. `relayguard check-config` checks the whole file."""
+    found = config_file.read(config)
+    if found is None or "relaytest" not in config_file.parse(*found):
+        return prober.RelayTestOptions()
+    from . import config as config_mod
+
+    return config_mod.load_text(*found, only="relaytest").relaytest
+
+
+def _progress() -> Progress:
+    """The bar across many targets, on standard error."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("relay test"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=_console(stderr=True), transient=True)
+
+
+def run(targets: list[str] | None = None, input_file: Path | None = None, mode: str = "probe", starttls: bool = False,
+        canary_listen: str | None = None, canary_domain: str | None = None, canary_maildir: Path | None = None,
+        as_json: bool = False, transcript: bool = False, concurrency: int | None = None,
+        connections: int | None = None, timeout: float | None = None, confirm_timeout: float | None = None,
+        rate: float = 0.0, time_limit: float = 0.0, smuggling: bool = False, smuggle_rcpt: str = "",
+        case: list[str] | None = None, helo: str | None = None, bind: str = "", list_cases: bool = False,
+        config: Path | None = None) -> int:
+    """`relayguard relaytest` with its options as parameters (defaults as in cli_app.py): the exit code."""
     if list_cases:
         _list(as_json)
-        return
+        return 0
     try:
-        settings = config_mod.load(config)
-    except config_mod.ConfigError as e:
-        raise _fail(f"configuration error:\n{e}") from None
-    s = settings.relaytest
+        s = _defaults(config)
+    except config_file.ConfigError as e:
+        return _fail(f"configuration error:\n{e}")
     names = list(targets or [])
     if input_file is not None:
         try:
             names += prober.read_targets(input_file.read_text(encoding="utf-8").splitlines())
         except (OSError, UnicodeDecodeError) as e:
-            raise _fail(f"{input_file}: cannot read: {e}") from None
+            return _fail(f"{input_file}: cannot read: {e}")
     if not names:
-        raise _fail("no target given (TARGET... or -i FILE)")
+        return _fail("no target given (TARGET... or -i FILE)")
     for name in names:
         try:
             prober.parse_target(name)
         except ValueError as e:
-            raise _fail(f"{name!r}: not a target: {e}") from None
+            return _fail(f"{name!r}: not a target: {e}")
     options = prober.RelayTestOptions(
         mode=mode, helo=helo or s.helo, starttls=starttls, canary_domain=canary_domain or s.canary_domain,
         canary_listen=canary_listen if canary_listen is not None else s.canary_listen,
@@ -173,40 +207,116 @@ def relaytest(
         options.check()
         canary = prober.make_canary(options)
         if options.canary_listen and options.mode == "confirm":
-            config_mod.parse_hostport(options.canary_listen)
+            parse_hostport(options.canary_listen)
     except ValueError as e:
-        raise _fail(str(e)) from None
+        return _fail(str(e))
 
     results: list[TargetResult] = []
-    progress = Progress(TextColumn("relay test"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=err, transient=True, disable=len(names) < 2 or as_json)
+    progress = _progress() if len(names) > 1 and not as_json else None
 
     async def go() -> None:
         if canary is not None:
             await canary.start()
         try:
-            task = progress.add_task("targets", total=len(names))
-            await prober.run_async(names, options, canary=canary, results=results,
-                                   on_result=lambda r: progress.advance(task))
+            on_result: Callable[[TargetResult], None] | None = None
+            if progress is not None:
+                task = progress.add_task("targets", total=len(names))
+                on_result = lambda r: progress.advance(task)  # noqa: E731
+            await prober.run_async(names, options, canary=canary, results=results, on_result=on_result)
         finally:
             if canary is not None:
                 await canary.stop()
 
     interrupted = False
     try:
-        with progress:
+        with progress or contextlib.nullcontext():
             asyncio.run(go())
     except KeyboardInterrupt:
         interrupted = True
     except OSError as e:  # the canary could not listen, the Maildir is missing
-        raise _fail(f"cannot start the canary: {e}") from None
+        return _fail(f"cannot start the canary: {e}")
     if interrupted:
         done = [r for r in results if r.cases or r.error or r.complete]
-        err.print(f"interrupted: {sum(r.complete for r in results)} of {len(results)} targets done", highlight=False)
+        _console(stderr=True).print(f"interrupted: {sum(r.complete for r in results)} of {len(results)} targets done",
+                                    highlight=False)
         _show(done, as_json, transcript)
-        raise typer.Exit(1 if any(r.verdict is Verdict.OPEN for r in done) else 130)
+        return 1 if any(r.verdict is Verdict.OPEN for r in done) else 130
     _show(results, as_json, transcript)
-    raise typer.Exit(_exit_code(results))
+    return _exit_code(results)
+
+
+def _path(value: str) -> Path:
+    from pathlib import Path
+
+    return Path(value)
+
+
+def _int(value: str) -> int:
+    """Plain decimal digits only: the other forms Typer takes (` 5`, `5.0`, `+5`...) or refuses
+    (`٥`, which int() takes) go to Typer."""
+    if not re.fullmatch(r"[0-9]+", value):
+        raise ValueError(value)
+    return int(value)
+
+
+def _float(value: str) -> float:
+    """Plain decimals only (`5`, `2.5`, `.5`), as for _int."""
+    if not re.fullmatch(r"[0-9]+\.?[0-9]*|\.[0-9]+", value):
+        raise ValueError(value)
+    return float(value)
+
+
+# The options of `relayguard relaytest` for `fast_main`: option -> (parameter of `run`, "flag",
+# "multiple" or a converter raising ValueError for what it leaves to Typer). The Typer command in
+# cli_app.py defines them (with their help and defaults); tests/test_relaytest_cli.py checks that
+# the three agree.
+OPTIONS: dict[str, tuple[str, Any]] = {
+    "-i": ("input_file", _path), "--input": ("input_file", _path), "--mode": ("mode", str),
+    "--starttls": ("starttls", "flag"), "--canary-listen": ("canary_listen", str),
+    "--canary-domain": ("canary_domain", str), "--canary-maildir": ("canary_maildir", _path),
+    "--json": ("as_json", "flag"), "--transcript": ("transcript", "flag"), "--concurrency": ("concurrency", _int),
+    "--connections": ("connections", _int), "--timeout": ("timeout", _float),
+    "--confirm-timeout": ("confirm_timeout", _float), "--rate": ("rate", _float), "--time-limit": ("time_limit", _float),
+    "--smuggling": ("smuggling", "flag"), "--smuggle-rcpt": ("smuggle_rcpt", str), "--case": ("case", "multiple"),
+    "--helo": ("helo", str), "--bind": ("bind", str), "--list": ("list_cases", "flag"),
+    "-c": ("config", _path), "--config": ("config", _path),
+}
+
+
+def fast_main(args: list[str]) -> int | None:
+    """`relayguard relaytest ARGS` without Typer: the exit code; or None, leaving ARGS to Typer (and
+    its usual answer), when they hold anything but targets and the OPTIONS as `--opt value`,
+    `--opt=value` or `-c value`: --help, an unknown option, `-`, `--`, `-cFILE`, a missing value,
+    a number not in plain decimal. As with Click, a later value of an option replaces an earlier
+    one and a value may start with `-`."""
+    kwargs: dict[str, Any] = {}
+    targets: list[str] = []
+    rest = iter(args)
+    for arg in rest:
+        if not arg.startswith("-"):
+            targets.append(arg)
+            continue
+        name, eq, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if name not in OPTIONS:
+            return None
+        param, kind = OPTIONS[name]
+        if kind == "flag":
+            if eq:
+                return None
+            kwargs[param] = True
+            continue
+        if not eq:
+            value = next(rest, None)
+            if value is None:
+                return None
+        if kind == "multiple":
+            kwargs.setdefault(param, []).append(value)
+            continue
+        try:
+            kwargs[param] = kind(value)
+        except ValueError:
+            return None
+    return run(targets or None, **kwargs)
 
 
 def _list(as_json: bool) -> None:
@@ -215,9 +325,12 @@ def _list(as_json: bool) -> None:
                            "source": c.source, "relay": c.relay, "case": c.case, "verbs": c.verbs,
                            "colon_space": c.colon_space} for c in CASES], indent=2))
         return
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table("id", "trick", "MAIL FROM", "RCPT TO", "probes", "source", title=f"{len(CASES)} cases")
     for c in CASES:
         extra = ", ".join(x for x in (c.case and f"{c.case}-case addresses", c.verbs and f"{c.verbs}-case verbs",
                                       c.colon_space and "space after colon", not c.relay and "control") if x)
         table.add_row(c.id, c.name + (f" ({extra})" if extra else ""), Text(c.mail_from), Text(c.rcpt_to), c.probes, c.source)
-    console.print(table)
+    _console().print(table)

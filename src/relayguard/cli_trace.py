@@ -34,6 +34,7 @@ from . import log
 from .dnsbl.checker import Checker
 from .dnsbl.client import parse_nameservers
 from .dnsbl.sites import SiteError, parse_sites
+from .hostport import parse_hostport
 from .trace.arf import FEEDBACK_TYPES, build_report, human_text, report_for
 from .trace.chain import Chain, TrustConfig, analyse_message
 from .trace.contacts import AbuseOverrides, ContactFinder, HttpRdap, OverrideError
@@ -215,7 +216,7 @@ def _submission_server(settings: config_mod.Settings) -> str:
     listen = [*settings.smtp.submission_listen, *settings.smtp.listen]
     if not listen:
         return ""
-    host, port = config_mod.parse_hostport(listen[0])
+    host, port = parse_hostport(listen[0])
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -332,7 +333,7 @@ def trace(
     smtp_server = smtp or _submission_server(settings)
     if send:
         try:
-            smtp_host, smtp_port = config_mod.parse_hostport(smtp_server, 587)
+            smtp_host, smtp_port = parse_hostport(smtp_server, 587)
         except ValueError as e:
             raise _fail(f"--smtp: {e}") from None
 

@@ -8,38 +8,19 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from . import config_file
 from .addr import AddressError, normalise_domain
-
-DEFAULT_FILE = "relayguard.toml"
-
-
-class ConfigError(Exception):
-    """A configuration file that cannot be used; the message says where and why."""
+from .config_file import DEFAULT_FILE as DEFAULT_FILE, ConfigError as ConfigError  # where they always were
+from .hostport import parse_hostport as parse_hostport  # likewise (the MTA modules import it from here)
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)  # field docstrings: docs/configuration.md
-
-
-def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, int]:
-    """'127.0.0.1:25', '[::1]:25' or 'host:25' -> (host, port)."""
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]+):(\d+)|([^:\[\]]+)", value.strip())
-    if not m:
-        raise ValueError(f"{value!r} is not host:port")
-    if m.group(5) is not None:
-        if default_port is None:
-            raise ValueError(f"{value!r} has no port (expected host:port)")
-        return m.group(5), default_port
-    host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
-    if not 0 < int(port) < 65536:
-        raise ValueError(f"port {port} out of range 1-65535")
-    return host, int(port)
 
 
 def _check_cidrs(values: list[str]) -> list[str]:
@@ -569,11 +550,11 @@ def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
     return best
 
 
-def load_text(text: str, source: str) -> Settings:
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{source}: {e}") from None
+def load_text(text: str, source: str, only: str = "") -> Settings:
+    """Validate TOML text; with `only`, just that table (every other one takes its defaults)."""
+    data = config_file.parse(text, source)
+    if only:
+        data = {only: data[only]} if only in data else {}
     try:
         return Settings.model_validate(data)
     except ValidationError as e:
@@ -591,12 +572,5 @@ def load_text(text: str, source: str) -> Settings:
 
 def load(path: str | Path | None = None) -> Settings:
     """Read `path`, else ./relayguard.toml when present, else the built-in defaults."""
-    if path is None:
-        if not Path(DEFAULT_FILE).exists():
-            return Settings()
-        path = DEFAULT_FILE
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read: {e}") from None
-    return load_text(text, str(path))
+    found = config_file.read(path)
+    return Settings() if found is None else load_text(*found)

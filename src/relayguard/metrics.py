@@ -326,7 +326,7 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
 async def start(settings: Any) -> MetricsServer | None:
     """For serve: the metrics on `[metrics] listen`, or None when it is empty (they stay on /metrics of
     the web listener). A busy port raises OSError, like every other listener."""
-    from .config import parse_hostport
+    from .hostport import parse_hostport
 
     listen = settings.metrics.listen
     if not listen:

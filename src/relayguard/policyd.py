@@ -24,7 +24,8 @@ import signal
 from dataclasses import dataclass, field
 
 from . import log
-from .config import Settings, parse_hostport
+from .config import Settings
+from .hostport import parse_hostport
 from .dnsbl.checker import Checker
 from .dnsbl.verdict import clean_text
 from .mta.reject import check_client, checker_from_settings

@@ -15,7 +15,8 @@ import dns.exception
 import dns.message
 import dns.query
 
-from .config import Settings, parse_hostport
+from .config import Settings
+from .hostport import parse_hostport
 from .mta.queue import CorruptEntry
 from .mta.queue_dir import QueueDir
 from .relaytest.selfcheck import read_status

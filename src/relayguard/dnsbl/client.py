@@ -166,7 +166,7 @@ def parse_nameservers(nameservers: Sequence[str]) -> list[tuple[str, int]]:
         if not out:
             raise ValueError("no usable nameserver in the system configuration")
         return out
-    from ..config import parse_hostport
+    from ..hostport import parse_hostport
 
     out = []
     for ns in nameservers:

@@ -16,7 +16,8 @@ import threading
 from collections.abc import Iterator
 
 from .. import log, metrics
-from ..config import DNSBLSettings, parse_hostport
+from ..config import DNSBLSettings
+from ..hostport import parse_hostport
 from . import wire
 from .responder import Responder, ZoneInfo
 from .zone import Zone

@@ -9,7 +9,8 @@ import ipaddress
 from dataclasses import dataclass
 
 from ..addr import AddressError, Mailbox, Resolved, parse_path, resolve
-from ..config import Settings, parse_hostport
+from ..config import Settings
+from ..hostport import parse_hostport
 from ..relay import is_trusted, relay_decision
 from ..smtp.replies import Reply
 

@@ -20,7 +20,8 @@ from typing import Any
 
 from .. import log, metrics
 from ..addr import AddressError, Mailbox, parse_path
-from ..config import Settings, parse_hostport
+from ..config import Settings
+from ..hostport import parse_hostport
 from ..smtp import protocol as p
 from ..smtp.replies import AUTH_FAILED, LOCAL_ERROR, Reply
 from .header_filter import HeaderFilter

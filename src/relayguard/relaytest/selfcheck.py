@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from .. import log, metrics
-from ..config import Settings, parse_hostport
+from ..config import Settings
+from ..hostport import parse_hostport
 from .prober import RelayTestOptions, check_target
 from .result import TargetResult, Verdict
 

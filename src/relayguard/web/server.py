@@ -16,7 +16,8 @@ from typing import Any
 import uvicorn
 
 from .. import log
-from ..config import Settings, parse_hostport
+from ..config import Settings
+from ..hostport import parse_hostport
 from ..dnsbl.store import StoreError
 from .app import WebContext, create_app
 
