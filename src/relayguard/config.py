@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from . import config_file
 from .addr import AddressError, normalise_domain
 from .config_file import DEFAULT_FILE as DEFAULT_FILE, ConfigError as ConfigError  # where they always were
-from .hostport import parse_hostport as parse_hostport  # likewise (the MTA modules import it from here)
+from .hostport import parse_hostport
 
 
 class _Section(BaseModel):

@@ -8,7 +8,7 @@ a restart resumes exactly where the last durable update left it.
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 PENDING, SENT, FAILED = "pending", "sent", "failed"
@@ -50,7 +50,8 @@ class QueueEntry:
         return next((r for r in self.recipients if r.address == address), None)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """What dataclasses.asdict gives (every field, recipients as dicts), without its deep copy."""
+        return {**self.__dict__, "recipients": [dict(r.__dict__) for r in self.recipients]}
 
     @classmethod
     def from_json(cls, data: Any) -> QueueEntry:
@@ -106,6 +107,16 @@ def finish_attempt(entry: QueueEntry, now: float, schedule: Schedule, rng: rando
             r.status = r.status if r.status.startswith("4.") else "4.4.7"
             r.reply = f"delivery time expired; last error: {r.reply or 'none'}"
     entry.next_attempt = now + backoff(entry.attempts, schedule, rng) if entry.pending() else 0.0
+
+
+def settled_by(entry: QueueEntry, outcomes: dict[str, Outcome]) -> bool:
+    """True when, with these outcomes, no recipient is left pending and no failure is left to
+    report: the entry can go as it is, without reading or saving its record again."""
+    for r in entry.recipients:
+        state = outcomes[r.address].state if r.state == PENDING and r.address in outcomes else r.state
+        if state == PENDING or (state == FAILED and not (r.reported and r.state == FAILED)):
+            return False
+    return True
 
 
 def unreported_failures(entry: QueueEntry) -> list[Recipient]:

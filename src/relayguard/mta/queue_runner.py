@@ -2,14 +2,21 @@
 
 Each destination's result is written to the entry (fsync'd) as soon as it is known, before any
 other attempt can start, so a crash repeats at most the transaction that was in flight.
+
+Queue files are read and changed in the queue's own I/O threads, in batches (`_Batch`): every
+entry that became due, or finished, while the previous batch ran goes in the next one, so a
+busy queue pays one thread hand-off (and one directory fsync) for many entries, not one each.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Generic, TypeVar
 
 from .. import log, metrics
 from ..config import Settings
@@ -25,6 +32,7 @@ from .queue import (
     apply_outcomes,
     finish_attempt,
     needs_delay_warning,
+    settled_by,
     unreported_failures,
 )
 from .queue_dir import QueueDir
@@ -33,6 +41,58 @@ from .routing import Router
 # Entries being delivered at once (each may open several connections, within the Deliverer's caps).
 _PARALLEL_ENTRIES = 64
 _FLUSH_POLL = 1.0
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class _Batch(Generic[T, R]):
+    """Calls `work(items)` in an executor with every item submitted since the last call began,
+    one call at a time: `submit(item)` resolves to that item's result (or raises its exception)."""
+
+    def __init__(self, executor: ThreadPoolExecutor, work: Callable[[list[T]], list[R | Exception]]) -> None:
+        self._executor = executor
+        self._work = work
+        self._waiting: list[tuple[T, asyncio.Future[R]]] = []
+        self._busy = False
+
+    def submit(self, item: T) -> asyncio.Future[R]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        self._waiting.append((item, future))
+        if not self._busy:
+            self._busy = True
+            loop.call_soon(self._run)  # after the tasks started in this round of the loop have submitted too
+        return future
+
+    def _run(self) -> None:
+        batch, self._waiting = self._waiting, []
+        loop = asyncio.get_running_loop()
+        try:
+            job = loop.run_in_executor(self._executor, self._work, [item for item, _ in batch])
+        except RuntimeError as e:  # the executor was shut down (the queue is stopping)
+            job = loop.create_future()
+            job.set_exception(e)
+        job.add_done_callback(lambda done: self._done(batch, done))
+
+    def _done(self, batch: list[tuple[T, asyncio.Future[R]]], job: asyncio.Future[list[R | Exception]]) -> None:
+        if job.cancelled():
+            results: list[Any] = [asyncio.CancelledError()] * len(batch)
+        elif job.exception() is not None:
+            results = [job.exception()] * len(batch)
+        else:
+            results = job.result()
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+        if self._waiting:
+            self._run()
+        else:
+            self._busy = False
 
 
 class QueueRunner:
@@ -50,6 +110,13 @@ class QueueRunner:
         self.wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._flush_stamp = 0.0
+        # Queue file I/O, off the event loop: loads, updates and removals each in batches (one call
+        # of each kind at a time), rescans and the rest as single calls; two threads at most.
+        self._io = ThreadPoolExecutor(2, thread_name_prefix="relayguard-queue")
+        self._loads: _Batch[str, tuple[QueueEntry, bytes]] = _Batch(self._io, queue.load_many)
+        self._updates: _Batch[tuple[str, Callable[[QueueEntry], bool | None]], QueueEntry | None] = _Batch(
+            self._io, queue.update_many)
+        self._removals: _Batch[str, bool] = _Batch(self._io, queue.remove_many)
         self.held = 0  # held entries seen by the last scan (metrics)
         metrics.watch_queue(self)  # relayguard_queue_entries
 
@@ -75,8 +142,11 @@ class QueueRunner:
         self.due = due
         self.held = held
 
+    async def _in_io(self, fn: Callable[..., R], *args: Any) -> R:
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
     async def run(self) -> None:
-        await asyncio.to_thread(self.rescan)
+        await self._in_io(self.rescan)
         last_scan = time.monotonic()
         while True:
             now = time.time()
@@ -97,7 +167,7 @@ class QueueRunner:
             stamp = self.queue.flush_stamp()
             if stamp != self._flush_stamp or time.monotonic() - last_scan > self.settings.delivery.scan_interval:
                 self._flush_stamp = stamp
-                await asyncio.to_thread(self.rescan)
+                await self._in_io(self.rescan)
                 last_scan = time.monotonic()
 
     def _start(self, queue_id: str) -> None:
@@ -111,6 +181,7 @@ class QueueRunner:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.deliverer.close()
+        self._io.shutdown(wait=False)
 
     async def _attempt(self, queue_id: str) -> None:
         try:
@@ -124,14 +195,13 @@ class QueueRunner:
 
     async def _deliver_entry(self, queue_id: str) -> None:
         try:
-            entry = await asyncio.to_thread(self.queue.load, queue_id)
-            message = await asyncio.to_thread(self.queue.message_path(queue_id).read_bytes)
+            entry, message = await self._loads.submit(queue_id)
         except FileNotFoundError:
             self.due.pop(queue_id, None)
             return
         except CorruptEntry as e:
             self.due.pop(queue_id, None)
-            await asyncio.to_thread(self.queue.quarantine, queue_id, str(e))
+            await self._in_io(self.queue.quarantine, queue_id, str(e))
             return
         if entry.held:
             self.due.pop(queue_id, None)
@@ -142,9 +212,21 @@ class QueueRunner:
         # With several destinations each result is saved as it comes (a crash repeats at most the
         # one in flight); with one, the result is saved together with the attempt's end below.
         save_each = len(by_domain) > 1
-        results = await asyncio.gather(*(self._deliver_domain(entry, d, rcpts, message, save_each)
-                                         for d, rcpts in by_domain.items()))
-        outcomes = {r: o for result in results for r, o in result.items()}
+        if save_each:
+            results = await asyncio.gather(*(self._deliver_domain(entry, d, rcpts, message, True)
+                                             for d, rcpts in by_domain.items()))
+            outcomes = {r: o for result in results for r, o in result.items()}
+        else:
+            outcomes = {}
+            for d, rcpts in by_domain.items():  # one destination (or none): no task of its own
+                outcomes = await self._deliver_domain(entry, d, rcpts, message, False)
+        if outcomes and settled_by(entry, outcomes):
+            # Every recipient done, nothing to report: remove it, no last save (a crash before
+            # the removal only delivers it once more). Others may only have held or deleted it.
+            await self._removals.submit(queue_id)
+            self.due.pop(queue_id, None)
+            log.event("removed", logging.DEBUG, id=queue_id)
+            return
         await self._finish(queue_id, message, attempted=bool(by_domain), outcomes=outcomes)
 
     async def _deliver_domain(self, entry: QueueEntry, domain: str, rcpts: list[str], message: bytes,
@@ -161,8 +243,12 @@ class QueueRunner:
         for r, o in outcomes.items():
             log.event("delivery", id=entry.queue_id, rcpt=r, state=o.state, relay=o.remote_mta or "none", reply=o.reply)
         if save:
-            await asyncio.to_thread(self.queue.update, entry.queue_id, lambda e: apply_outcomes(e, outcomes))
+            await self._update(entry.queue_id, lambda e: apply_outcomes(e, outcomes))
         return outcomes
+
+    async def _update(self, queue_id: str, change: Callable[[QueueEntry], bool | None]) -> QueueEntry | None:
+        """QueueDir.update in the next batch."""
+        return await self._updates.submit((queue_id, change))
 
     async def _finish(self, queue_id: str, message: bytes, attempted: bool,
                       outcomes: dict[str, Outcome] | None = None) -> None:
@@ -186,7 +272,7 @@ class QueueRunner:
                 e.warned = True
             return not e.pending() and not notices
 
-        entry = await asyncio.to_thread(self.queue.update, queue_id, change)
+        entry = await self._update(queue_id, change)
         for snapshot, rcpts, action in notices:
             dsn = build_dsn(snapshot, rcpts, message, reporting_mta=self.settings.server.hostname, action=action)
             await self.inject(snapshot.mail_from, dsn)
@@ -195,8 +281,8 @@ class QueueRunner:
         if entry is None or not entry.pending():
             self.due.pop(queue_id, None)
             if entry is not None and notices:  # else `update` removed it already
-                await asyncio.to_thread(self.queue.delete, queue_id)
+                await self._in_io(self.queue.delete, queue_id)
             if entry is not None:
-                log.event("removed", id=queue_id)
+                log.event("removed", logging.DEBUG, id=queue_id)
         else:
             self.due[queue_id] = entry.next_attempt

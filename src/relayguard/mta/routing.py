@@ -15,7 +15,8 @@ import dns.exception
 import dns.nameserver
 import dns.resolver
 
-from ..config import DeliverySettings, parse_hostport
+from ..config import DeliverySettings
+from ..hostport import parse_hostport
 
 
 @dataclass(frozen=True)
@@ -44,15 +45,22 @@ class Router:
                 dns.nameserver.Do53Nameserver(*parse_hostport(s, 53)) for s in settings.dns_servers
             ]
         self.resolver.lifetime = 10.0
+        # The routes that follow from the settings alone, worked out once.
+        self._transport: dict[str, Route] = {}
+        for domain, hop in settings.transport.items():
+            host, port = parse_hostport(hop, settings.port)
+            self._transport[domain] = Route((Hop(host, host, port),))
+        self._smarthost: Route | None = None
+        if settings.smarthost:
+            host, port = parse_hostport(settings.smarthost, settings.port)
+            self._smarthost = Route((Hop(host, host, port),), smarthost=True)
 
     async def route(self, domain: str) -> Route:
         s = self.settings
-        if domain in s.transport:
-            host, port = parse_hostport(s.transport[domain], s.port)
-            return Route((Hop(host, host, port),))
-        if s.smarthost:
-            host, port = parse_hostport(s.smarthost, s.port)
-            return Route((Hop(host, host, port),), smarthost=True)
+        if domain in self._transport:
+            return self._transport[domain]
+        if self._smarthost is not None:
+            return self._smarthost
         if domain.startswith("["):
             literal = domain[1:-1].removeprefix("IPv6:").removeprefix("ipv6:")
             return Route((Hop(domain, literal, s.port),))

@@ -260,7 +260,7 @@ class Session(asyncio.Protocol):
         self.eof = True
         if self.task is None:
             self._pump()
-        return None if self.tls else True  # keep the transport until the replies are out (not for TLS)
+        return None if self.conn.tls_active else True  # keep the transport until the replies are out (not for TLS)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True  # a step in progress still finishes: a commit must log and wake the queue

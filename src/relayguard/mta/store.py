@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import itertools
-import json
 import os
 import secrets
 import shutil
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .queue import QueueEntry
+from .queue_dir import write_all, write_record
 
 # Message data kept in memory before the spool file is created (also the file's write buffer).
 _MEMORY_LIMIT = 256 * 1024
@@ -76,12 +76,6 @@ def _move(src: str, dst: str) -> None:
             raise
         _copy_in(src, dst)
         os.unlink(src)
-
-
-def _write_all(fd: int, data: bytes | bytearray) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 class _Round:
@@ -242,7 +236,7 @@ class MessageFile:
             fd = os.open(self._spath, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
             self._on_disk = True
             try:
-                _write_all(fd, self._buf)
+                write_all(fd, self._buf)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -275,13 +269,8 @@ class MessageFile:
                     folder = store._new_dir(*local[i])
                     dests[i] = (folder, name)
                     self._put(f"{folder}/{name}", i == last)
-            if remote is not None:
-                env_tmp = f"{store._tmp_s}/{self.queue_id}.json"
-                with open(env_tmp, "w", encoding="utf-8") as f:
-                    json.dump(remote.to_json(), f)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(env_tmp, f"{store._queue_s}/{self.queue_id}.json")
+            if remote is not None:  # the record, fsync'd and renamed into place (queue_dir.write_record)
+                write_record(store._queue_s, remote)
             for folder in dict.fromkeys(folder for folder, _ in dests):
                 store._sync_dir(folder)
         finally:
