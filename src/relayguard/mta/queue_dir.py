@@ -26,12 +26,6 @@ from .queue import CorruptEntry, QueueEntry
 FLUSH_MARKER = ".flush"
 
 
-def write_record(folder: str, entry: QueueEntry) -> None:
-    """The record of a new entry; the caller fsyncs the folder (MessageFile.commit, together
-    with the message file's entry)."""
-    write_atomic(Path(folder, f"{entry.queue_id}.json"), json.dumps(entry.to_json()).encode(), sync_dir=False)
-
-
 def write_all(fd: int, data: bytes | bytearray) -> None:
     view = memoryview(data)
     while view:

@@ -13,7 +13,6 @@ import ssl
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -35,11 +34,6 @@ from .users import UserDB
 
 # Stop reading from a client whose unprocessed input exceeds this (memory stays bounded).
 _READ_HIGH_WATER = 256 * 1024
-
-# Threads that make accepted mail durable. A commit mostly waits in fsync; when many sessions'
-# fsyncs wait together, the filesystem's journal commits them in one go, so there are enough
-# threads for the sessions of a busy server (and commits never queue behind password checks).
-_COMMIT_THREADS = 32
 
 
 class AuthRateLimiter:
@@ -82,7 +76,6 @@ class MailServer:
         self.servers: dict[tuple[str, bool], asyncio.base_events.Server] = {}  # (address, submission) -> listener
         self.runner: QueueRunner | None = None
         self.reject: RejectGate | None = None
-        self.disk = ThreadPoolExecutor(_COMMIT_THREADS, thread_name_prefix="commit")
         self._configure(settings)
         metrics.watch_mta(self)  # relayguard_smtp_sessions_active
 
@@ -145,7 +138,7 @@ class MailServer:
             recipients = [Recipient(r) for r in routes.remote]
             entry = QueueEntry(msg.queue_id, mail_from, recipients, time.time(), client_ip, helo, identity)
         started = time.monotonic()
-        await asyncio.get_running_loop().run_in_executor(self.disk, msg.commit, routes.local, entry)
+        await asyncio.wrap_future(self.store.commit(msg, routes.local, entry))
         metrics.message_accepted(msg.size, time.monotonic() - started)
         log.event("accepted", client=client_ip, id=msg.queue_id, sender=mail_from, size=msg.size,
                   local=len(routes.local), remote=len(routes.remote))

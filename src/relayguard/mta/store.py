@@ -1,37 +1,46 @@
 """Durable storage of accepted mail: Maildir for local users, the spool for the outbound queue.
 
 While DATA runs a message is kept in memory up to 256 KiB and streams into `spool/tmp/` beyond
-that. On commit it is written out and fsync'd, hard-linked into each recipient's Maildir `new/`
-and (for remote recipients) into `queue/` beside its envelope (the last of these by rename
-instead of link), and every directory touched is fsync'd, all before the server may answer 250.
-A crash at any point leaves either a complete message in place or nothing the queue would pick
-up: the queue's envelope file is written last and is what makes an entry exist.
+that. At the end of DATA the server hands it to the store (`Store.commit`), which makes it
+durable before the server may answer 250: the message file (and, for remote recipients, the
+queue record) is written out completely, the filesystem is synced, the message is hard-linked
+into each recipient's Maildir `new/` and into `queue/` (the last of these by rename), the record
+is renamed into `queue/`, and the filesystem is synced again. A crash at any point leaves either
+a complete message in place or nothing the queue would pick up: nothing is linked into a Maildir
+before its data is on disk, and the record, renamed last, is what makes a queue entry exist.
 
-Performance (bench/run.py): the event loop never creates files for small messages (a create
-can wait behind other sessions' fsyncs, and it would stall every session); and directory fsyncs
-are grouped across concurrent commits (group commit): one fsync of a directory answers for
-every entry made in it before that fsync started, so sessions delivering to the same Maildir
-share directory fsyncs instead of issuing one each. Every message file is fsync'd on its own.
+Group commit (bench/run.py): one thread commits every message that arrived while it was busy as
+one batch, and two syncfs(2) calls make the whole batch durable, file data and directory
+entries alike, where an fsync of each file and each folder would cost the filesystem one or two
+journal commits per message. Where a Maildir is on another filesystem than the spool, every
+filesystem touched is synced.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import itertools
+import json
 import os
+import queue
 import secrets
 import shutil
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import BinaryIO
 
 from .queue import QueueEntry
-from .queue_dir import write_all, write_record
+from .queue_dir import write_all
 
 # Message data kept in memory before the spool file is created (also the file's write buffer).
 _MEMORY_LIMIT = 256 * 1024
+# Messages committed together at most (their data is in memory meanwhile).
+_MAX_BATCH = 256
 
 
 def new_queue_id() -> str:
@@ -78,59 +87,106 @@ def _move(src: str, dst: str) -> None:
         os.unlink(src)
 
 
-class _Round:
-    """One directory fsync and the callers it answers for."""
-
-    __slots__ = ("done", "error")
-
-    def __init__(self) -> None:
-        self.done = False
-        self.error: OSError | None = None
+def _load_syncfs() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True).syncfs  # type: ignore[no-any-return]
+    except (OSError, AttributeError):  # not Linux
+        return None
 
 
-class _DirSync:
-    """Group commit for one directory.
+_SYNCFS = _load_syncfs()
 
-    A caller joins the open round after making its entries. When no fsync of the directory is
-    running, one caller of the open round closes it and runs the fsync for all its members;
-    callers that arrive meanwhile join the next round. So an fsync always starts after every
-    entry of the round it answers for was made, and its result (success or error) goes to
-    exactly those callers.
-    """
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._cond = threading.Condition()
-        self._open: _Round | None = None
-        self._running = False
+def _sync_filesystems(folders: Iterable[str]) -> None:
+    """Make everything written so far to the filesystems holding `folders` durable: file data,
+    inodes and directory entries (syncfs(2); since Linux 5.8 it reports write-back errors)."""
+    for folder in {os.stat(f).st_dev: f for f in folders}.values():
+        if _SYNCFS is None:
+            os.sync()
+            return
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            if _SYNCFS(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"syncfs failed: {os.strerror(err)}", folder)
+        finally:
+            os.close(fd)
 
-    def sync(self) -> None:
-        with self._cond:
-            if self._open is None:
-                self._open = _Round()
-            mine = self._open
-            while self._running and not mine.done:
-                self._cond.wait()
-            lead = not mine.done
-            if lead:
-                # No fsync running and ours not done: we run it for the whole open round.
-                self._running = True
-                self._open = None
-        if lead:
-            error: OSError | None = OSError(errno.EIO, "directory fsync did not complete")
-            try:
-                _fsync_dir(self.path)
-                error = None
-            except OSError as e:
-                error = e
-            finally:  # whatever happens, the round ends and its members are told
-                with self._cond:
-                    mine.error, mine.done = error, True
-                    self._running = False
-                    self._cond.notify_all()
-        if mine.error is not None:
-            e = mine.error
-            raise OSError(e.errno, f"fsync of directory failed: {e.strerror}", self.path)
+
+class _Job:
+    __slots__ = ("msg", "local", "remote", "future")
+
+    def __init__(self, msg: MessageFile, local: list[tuple[str, str]], remote: QueueEntry | None) -> None:
+        self.msg, self.local, self.remote = msg, local, remote
+        self.future: Future[None] = Future()
+
+    def fail(self, error: BaseException) -> None:
+        self.msg.discard()
+        self.future.set_exception(error)
+
+
+class _Committer:
+    """The thread that commits messages in batches (see the module's docstring)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, job: _Job) -> None:
+        self._jobs.put(job)
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="relayguard-commit", daemon=True)
+                    self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._jobs.get()]
+            while len(batch) < _MAX_BATCH:
+                try:
+                    batch.append(self._jobs.get_nowait())
+                except queue.Empty:
+                    break
+            self._commit(batch)
+
+    def _commit(self, batch: list[_Job]) -> None:
+        store = self.store
+        written = _each(batch, lambda job: job.msg.write_out(job.remote))
+        written = _synced(written, [store._tmp_s])
+        placed = _each(written, lambda job: job.msg.place(job.local, job.remote is not None))
+        done = _synced(placed, [folder for job in placed for folder in job.msg.folders])
+        for job in done:
+            job.msg.discard()
+            job.future.set_result(None)
+
+
+def _each(jobs: list[_Job], step: Callable[[_Job], object]) -> list[_Job]:
+    """Run `step` for each job; a job whose step fails is failed and left out of the result."""
+    ok = []
+    for job in jobs:
+        try:
+            step(job)
+        except Exception as e:  # noqa: BLE001 (this message's problem, reported to its session)
+            job.fail(e)
+        else:
+            ok.append(job)
+    return ok
+
+
+def _synced(jobs: list[_Job], folders: list[str]) -> list[_Job]:
+    """Sync the filesystems of `folders` for `jobs`; if that fails, every one of them fails."""
+    if not jobs:
+        return jobs
+    try:
+        _sync_filesystems(folders)
+    except OSError as e:
+        for job in jobs:
+            job.fail(e)
+        return []
+    return jobs
 
 
 class Store:
@@ -143,9 +199,8 @@ class Store:
         self.mail = data_dir / "mail"
         self._host = socket.gethostname().replace("/", "_").replace(":", "_")
         self._seq = itertools.count(1)  # next() is atomic under the GIL: safe across threads
-        self._lock = threading.Lock()
         self._create_lock = threading.Lock()
-        self._syncers: dict[str, _DirSync] = {}
+        self._committer = _Committer(self)
         # The hot path works on str paths (pathlib costs more than the syscalls here).
         self._tmp_s = str(self.tmp)
         self._queue_s = str(self.queue)
@@ -168,13 +223,16 @@ class Store:
     def _unique(self, queue_id: str) -> str:
         return f"{int(time.time())}.{queue_id}_{next(self._seq)}.{self._host}"
 
-    def _sync_dir(self, path: str) -> None:
-        """fsync `path`, sharing the fsync with concurrent callers (group commit)."""
-        syncer = self._syncers.get(path)
-        if syncer is None:
-            with self._lock:
-                syncer = self._syncers.setdefault(path, _DirSync(path))
-        syncer.sync()
+    def commit(self, msg: MessageFile, local: list[tuple[str, str]], remote: QueueEntry | None) -> Future[None]:
+        """Make `msg` durable in each local mailbox `(local part, domain)` and in the queue
+        (`remote`): the future is done when it is, or fails with the error (OSError, ValueError)."""
+        job = _Job(msg, local, remote)
+        if not local and remote is None:  # nowhere to deliver
+            msg.discard()
+            job.future.set_result(None)
+        else:
+            self._committer.submit(job)
+        return job.future
 
     def _new_dir(self, local: str, domain: str) -> str:
         """The `new/` folder of a mailbox, created durably on first use (checked once per process)."""
@@ -192,25 +250,28 @@ class Store:
                     (box / sub).mkdir(parents=True, exist_ok=True)
                 # Each new folder's entry lives in its parent: fsync the parents of what was made.
                 for d in {box, *(p.parent for p in made)}:
-                    self._sync_dir(str(d))
+                    _fsync_dir(str(d))
             new = self._new_dirs[(local, domain)] = str(box / "new")
             return new
 
 
 class MessageFile:
-    """One message being received: write chunks, then `commit` (blocking: run it in a thread)."""
+    """One message being received: `write` chunks, then `Store.commit` it (or `discard` it)."""
 
     def __init__(self, store: Store, queue_id: str) -> None:
         self.store = store
         self.queue_id = queue_id
         self._spath = f"{store._tmp_s}/{queue_id}"
+        self._record_tmp = f"{self._spath}.json"  # the queue record until it is renamed into queue/
         # The first _MEMORY_LIMIT bytes stay in memory and the spool file is created only when
-        # the message outgrows them, or in commit() (a worker thread). Creating a file can wait
-        # on the filesystem journal while other sessions fsync, and write() runs on the event
-        # loop: most messages are small, so the loop never blocks on the disk for them.
+        # the message outgrows them, or by the committer thread. Creating a file can wait on the
+        # filesystem while it syncs, and write() runs on the event loop: most messages are
+        # small, so the loop never blocks on the disk for them.
         self._buf = bytearray()
         self._f: BinaryIO | None = None
         self._on_disk = False  # the spool file exists under self._spath
+        self._record_on_disk = False
+        self.folders: list[str] = []  # where `place` put it
         self.size = 0
 
     @property
@@ -230,51 +291,50 @@ class MessageFile:
             self._f.write(self._buf)
             self._buf = bytearray()
 
-    def _make_durable(self) -> None:
-        """The spool file, complete and fsync'd."""
+    def write_out(self, remote: QueueEntry | None) -> None:
+        """Commit, first step: the spool file complete, and the queue record beside it (not synced)."""
         if self._f is None:
             fd = os.open(self._spath, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
             self._on_disk = True
             try:
                 write_all(fd, self._buf)
-                os.fsync(fd)
             finally:
                 os.close(fd)
             self._buf = bytearray()
         else:
-            self._f.flush()
-            os.fsync(self._f.fileno())
             self._f.close()
+        if remote is not None:
+            fd = os.open(self._record_tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            self._record_on_disk = True
+            try:
+                write_all(fd, json.dumps(remote.to_json()).encode())
+            finally:
+                os.close(fd)
 
-    def commit(self, local: list[tuple[str, str]], remote: QueueEntry | None) -> None:
-        """Make the message durable in every destination; raises OSError if any step fails."""
+    def place(self, local: list[tuple[str, str]], queued: bool) -> None:
+        """Commit, second step (its data synced): into each Maildir's new/, then into queue/,
+        the record last. Sets `folders`, the folders changed."""
         store = self.store
-        try:
-            if not local and remote is None:
-                return  # nowhere to deliver
-            self._make_durable()
-            # (folder, name): one per Maildir, then the queue.
-            dests = [(store._new_dir(lp, domain), store._unique(self.queue_id)) for lp, domain in local]
-            if remote is not None:
-                dests.append((store._queue_s, self.queue_id + ".msg"))
-            last = len(dests) - 1
-            for i, (folder, name) in enumerate(dests):
-                try:
-                    self._put(f"{folder}/{name}", i == last)
-                except FileNotFoundError:
-                    if i >= len(local):
-                        raise
-                    # A Maildir removed while we run: create it again and retry once.
-                    store._new_dirs.pop(local[i], None)
-                    folder = store._new_dir(*local[i])
-                    dests[i] = (folder, name)
-                    self._put(f"{folder}/{name}", i == last)
-            if remote is not None:  # the record, fsync'd and renamed into place (queue_dir.write_record)
-                write_record(store._queue_s, remote)
-            for folder in dict.fromkeys(folder for folder, _ in dests):
-                store._sync_dir(folder)
-        finally:
-            self.discard()
+        # (folder, name): one per Maildir, then the queue.
+        dests = [(store._new_dir(lp, domain), store._unique(self.queue_id)) for lp, domain in local]
+        if queued:
+            dests.append((store._queue_s, self.queue_id + ".msg"))
+        last = len(dests) - 1
+        for i, (folder, name) in enumerate(dests):
+            try:
+                self._put(f"{folder}/{name}", i == last)
+            except FileNotFoundError:
+                if i >= len(local):
+                    raise
+                # A Maildir removed while we run: create it again and retry once.
+                store._new_dirs.pop(local[i], None)
+                folder = store._new_dir(*local[i])
+                dests[i] = (folder, name)
+                self._put(f"{folder}/{name}", i == last)
+        if queued:
+            os.rename(self._record_tmp, f"{store._queue_s}/{self.queue_id}.json")
+            self._record_on_disk = False
+        self.folders = list(dict.fromkeys(folder for folder, _ in dests))
 
     def _put(self, dst: str, last: bool) -> None:
         if last:
@@ -284,12 +344,20 @@ class MessageFile:
             _place(self._spath, dst)
 
     def discard(self) -> None:
+        """Drop what is left in the spool (all of it, unless the message was committed)."""
         self._buf = bytearray()
         if self._f is not None and not self._f.closed:
             self._f.close()
         if self._on_disk:
             self._on_disk = False
-            try:
-                os.unlink(self._spath)
-            except FileNotFoundError:
-                pass
+            _unlink(self._spath)
+        if self._record_on_disk:
+            self._record_on_disk = False
+            _unlink(self._record_tmp)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

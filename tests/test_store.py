@@ -1,0 +1,92 @@
+"""The store's group commit on real files: every message of a batch lands complete, one
+message's failure is its own, and a failed sync fails the whole batch without leaving spool files."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import time
+from concurrent.futures import wait
+from pathlib import Path
+
+import pytest
+
+from relayguard.mta import store as store_mod
+from relayguard.mta.queue import QueueEntry, Recipient
+from relayguard.mta.store import Store, new_queue_id
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> Store:
+    s = Store(tmp_path / "var")
+    s.prepare()
+    return s
+
+
+def message(store: Store, body: bytes) -> store_mod.MessageFile:
+    msg = store.open_message(new_queue_id())
+    msg.write(body)
+    return msg
+
+
+def entry(queue_id: str) -> QueueEntry:
+    return QueueEntry(queue_id, "a@example.org", [Recipient("r@remote.test")], time.time(), "192.0.2.1", "c", "")
+
+
+def maildir(store: Store, user: str) -> list[bytes]:
+    return sorted(p.read_bytes() for p in (store.mail / "localhost" / user / "new").iterdir())
+
+
+def test_a_batch_lands_complete_in_maildirs_and_the_queue(store):
+    bodies = [f"message {i}\r\n".encode() * (i + 1) for i in range(40)]
+    bodies.append(b"x" * 300_000 + b"\r\n")  # streamed to the spool while it was received
+    msgs = [message(store, b) for b in bodies]
+    futures = [store.commit(m, [("alice", "localhost")], entry(m.queue_id) if i % 2 else None)
+               for i, m in enumerate(msgs)]
+    done, _ = wait(futures, timeout=30)
+    assert len(done) == len(futures) and all(f.exception() is None for f in futures)
+    assert maildir(store, "alice") == sorted(bodies)
+    queued = [m for i, m in enumerate(msgs) if i % 2]
+    for m in queued:
+        assert (store.queue / f"{m.queue_id}.msg").read_bytes() == bodies[msgs.index(m)]
+        assert json.loads((store.queue / f"{m.queue_id}.json").read_text())["queue_id"] == m.queue_id
+    assert sorted(p.name for p in store.queue.iterdir()) == sorted(
+        [f"{m.queue_id}.msg" for m in queued] + [f"{m.queue_id}.json" for m in queued])
+    assert list(store.tmp.iterdir()) == []
+
+
+def test_one_bad_message_fails_alone(store):
+    good, bad = message(store, b"good\r\n"), message(store, b"bad\r\n")
+    futures = [store.commit(bad, [("../etc", "localhost")], None), store.commit(good, [("bob", "localhost")], None)]
+    wait(futures, timeout=30)
+    assert isinstance(futures[0].exception(), ValueError)
+    assert futures[1].exception() is None
+    assert maildir(store, "bob") == [b"good\r\n"]
+    assert list(store.tmp.iterdir()) == []
+
+
+def test_a_maildir_removed_meanwhile_is_made_again(store):
+    store.commit(message(store, b"one\r\n"), [("carol", "localhost")], None).result(30)
+    shutil.rmtree(store.mail / "localhost" / "carol")
+    store.commit(message(store, b"two\r\n"), [("carol", "localhost")], None).result(30)
+    assert maildir(store, "carol") == [b"two\r\n"]
+
+
+def test_a_failed_sync_fails_the_batch_and_leaves_no_spool_files(store, monkeypatch):
+    def broken(folders):
+        raise OSError(errno.EIO, "syncfs failed: Input/output error")
+
+    monkeypatch.setattr(store_mod, "_sync_filesystems", broken)
+    msgs = [message(store, b"lost?\r\n") for _ in range(5)]
+    futures = [store.commit(m, [], entry(m.queue_id)) for m in msgs]
+    wait(futures, timeout=30)
+    assert all(isinstance(f.exception(), OSError) for f in futures)
+    assert list(store.tmp.iterdir()) == [] and list(store.queue.iterdir()) == []
+
+
+def test_nowhere_to_deliver_is_done_at_once(store):
+    msg = message(store, b"nobody\r\n" * 50_000)  # big enough to be on disk already
+    assert msg.path.exists()
+    store.commit(msg, [], None).result(0)
+    assert list(store.tmp.iterdir()) == []
