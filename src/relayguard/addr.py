@@ -21,6 +21,11 @@ _MAX_REWRITES = 64  # each rewrite shortens the local part; this only caps the w
 _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 _ROUTE_HOP = re.compile(r"\[[^\]]*\]|[^,:]*")
 _INET_ATON_PART = re.compile(r"0x[0-9a-f]*|[0-9]+")
+# What _is_control accepts, for whole strings; and the all-ASCII forms of a Dot-string and an
+# LDH label, checked first because almost every address is all ASCII (the MTA's hot path).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_ASCII_DOT_STRING = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+(?:\.[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+)*")
+_LDH = re.compile(r"[A-Za-z0-9-]+")
 
 
 class AddressError(ValueError):
@@ -77,6 +82,8 @@ def _is_atext(ch: str) -> bool:
 
 
 def _is_dot_string(text: str, extra: str = "") -> bool:
+    if _ASCII_DOT_STRING.fullmatch(text):
+        return True
     return all(atom and all(_is_atext(c) or c in extra for c in atom) for atom in text.split("."))
 
 
@@ -124,7 +131,9 @@ def _valid_label(label: str) -> bool:
         0 < len(label) <= 63
         and label[0] != "-"
         and label[-1] != "-"
-        and all((c.isalnum() or c == "-") if c.isascii() else not _is_control(c) for c in label)
+        and (_LDH.fullmatch(label) is not None
+             or (not label.isascii() and all((c.isalnum() or c == "-") if c.isascii() else not _is_control(c)
+                                             for c in label)))
     )
 
 
@@ -208,7 +217,7 @@ def split_path_and_params(arg: str) -> tuple[str, dict[str, str | None]]:
 
 def _valid_param_value(value: str) -> bool:
     """RFC 5321 esmtp-value (RFC 6531 adds non-ASCII): no space, '=' or controls."""
-    return bool(value) and all(c not in " =" and not _is_control(c) for c in value)
+    return bool(value) and " " not in value and "=" not in value and not _CONTROL.search(value)
 
 
 def parse_path(path_text: str, *, allow_null: bool) -> Mailbox:
@@ -235,7 +244,7 @@ def parse_path(path_text: str, *, allow_null: bool) -> Mailbox:
 
 
 def _parse(text: str) -> Mailbox | None:
-    if any(_is_control(c) for c in text):
+    if _CONTROL.search(text):
         return None
     if len(text) >= 2 and text[0] == "<" and text[-1] == ">":
         inner = text[1:-1]
@@ -314,7 +323,7 @@ def resolve(box: Mailbox, local_domains: Collection[str]) -> Resolved:
         domain = normalise_domain(domain)
     if (
         not local
-        or any(_is_control(c) for c in local)
+        or _CONTROL.search(local)
         or not _valid_domain(domain)
         or domain.endswith(".")
         or (not domain.startswith("[") and _is_numeric(domain))

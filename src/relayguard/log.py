@@ -11,10 +11,12 @@ carries the user name, the mechanism and the result only; a test greps the log a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -29,6 +31,11 @@ _second = -1
 _stamp = ""
 _iso_second = -1
 _iso_stamp = ""
+# `batch_on`: lines logged by the event loop's thread wait for the end of the loop's turn and are
+# written together (a busy server logs several lines per message, each a write(2) otherwise).
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_thread = -1
+_pending: list[str] = []
 
 
 def _quote(value: object) -> str:
@@ -89,10 +96,35 @@ def event(name: str, level: int = logging.INFO, **fields: object) -> None:
         parts = [_now(), _NAMES.get(level, str(level)), f"event={name}"]
         parts += [f"{k}={_quote(v)}" for k, v in fields.items()]
         line = " ".join(parts) + "\n"
+    if _loop is not None and threading.get_ident() == _loop_thread:
+        if not _pending:
+            _loop.call_soon(flush)
+        _pending.append(line)
+    else:
+        _write(line)
+
+
+def _write(text: str) -> None:
     try:
-        (_stream or sys.stderr).write(line)
+        (_stream or sys.stderr).write(text)
     except ValueError:  # the file was closed by a setup() in another thread a moment ago
-        (_stream or sys.stderr).write(line)
+        (_stream or sys.stderr).write(text)
+
+
+def batch_on(loop: asyncio.AbstractEventLoop | None) -> None:
+    """Batch the lines logged by `loop`'s thread (the caller's) until the loop's next turn;
+    None: write every line at once again (after writing what is waiting)."""
+    global _loop, _loop_thread
+    flush()
+    _loop, _loop_thread = loop, threading.get_ident()
+
+
+def flush() -> None:
+    """Write the batched lines."""
+    if _pending:
+        text = "".join(_pending)
+        _pending.clear()
+        _write(text)
 
 
 def setup(level: str, stream: TextIO | None = None, *, path: str | Path = "", fmt: str = "kv") -> None:

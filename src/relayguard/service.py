@@ -131,19 +131,23 @@ class Node:
 
 async def serve(settings: Settings, config_path: Path | None = None, ready: asyncio.Event | None = None) -> None:
     """Run until SIGTERM or SIGINT; SIGHUP reloads."""
-    node = Node(settings, config_path)
-    await node.start()
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: node._spawn(node.reload()))
-    log.event("ready", hostname=settings.server.hostname, data_dir=settings.server.data_dir)
-    if ready is not None:
-        ready.set()
+    log.batch_on(loop)
     try:
-        await stop.wait()
+        node = Node(settings, config_path)
+        await node.start()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: node._spawn(node.reload()))
+        log.event("ready", hostname=settings.server.hostname, data_dir=settings.server.data_dir)
+        if ready is not None:
+            ready.set()
+        try:
+            await stop.wait()
+        finally:
+            log.event("stopping")
+            await node.stop()
+            log.event("stopped")
     finally:
-        log.event("stopping")
-        await node.stop()
-        log.event("stopped")
+        log.batch_on(None)  # what is waiting is written, whatever ended the loop
