@@ -79,3 +79,31 @@ def test_received_header_follows_rfc5321_and_rfc3848():
     two = received_header(helo="c", ip="::1", rdns="host.test", by="mx", queue_id="Q2", esmtp=False, tls=None,
                           authenticated=False, rcpts=["a@x", "b@x"], when=when).decode()
     assert "from c (host.test [::1])" in two and "with SMTP id Q2;\r\n\tSat" in two and "for <" not in two
+
+
+def test_logins_are_cached_by_keyed_hash_and_never_failures(tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from relayguard.mta import users as users_mod
+
+    db = users_mod.UserDB(tmp_path / "users")
+    db.set("alice@localhost", "right")
+    calls = []
+    real = users_mod.check_password
+
+    def counting(password, stored):
+        calls.append(password)
+        return real(password, stored)
+
+    monkeypatch.setattr(users_mod, "check_password", counting)
+    with ThreadPoolExecutor(8) as pool:  # sessions logging in at once share one scrypt
+        assert all(pool.map(lambda _: db.verify("Alice@localhost", "right"), range(8)))
+    assert calls == ["right"]
+    assert not db.verify("alice@localhost", "wrong") and not db.verify("alice@localhost", "wrong")
+    assert calls == ["right", "wrong", "wrong"]  # a failure is never remembered
+    assert all(password not in repr(db.__dict__) for password in ("right", "wrong"))  # only keyed hashes kept
+    db.set("alice@localhost", "new")  # a changed password is never served from the cache
+    assert not db.verify("alice@localhost", "right")
+    assert db.verify("alice@localhost", "new")
+    db.delete("alice@localhost")
+    assert not db.verify("alice@localhost", "new")

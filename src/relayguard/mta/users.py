@@ -2,6 +2,13 @@
 
 The file is rewritten atomically (temp file, fsync, rename) so a crash never leaves it half
 written; clear-text passwords exist only in memory for the time of one check.
+
+Successful logins are remembered for an hour, as Dovecot's auth cache does, so a client that
+opens many sessions pays the memory-hard hash once rather than per session. What is kept is a
+keyed hash of the password (HMAC, with a key that exists only in this process's memory), never
+the password, and it is tied to the stored hash, so a changed or deleted password is never
+served from it. Failures are never cached: each wrong guess costs a full scrypt. Checks of the
+same name and password wait for each other instead of hashing side by side.
 """
 
 from __future__ import annotations
@@ -11,10 +18,13 @@ import hashlib
 import hmac
 import os
 import secrets
+import threading
+import time
 from pathlib import Path
 
 # scrypt cost: 2^14 * 8 * 128 bytes = 16 MiB per hash, ~50 ms here: slow for guessing, fine for logins.
 _N, _R, _P = 2**14, 8, 1
+_CACHE_SECONDS = 3600
 
 
 class UserError(Exception):
@@ -52,6 +62,10 @@ class UserDB:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.users: dict[str, str] = {}
+        self._key = secrets.token_bytes(32)
+        self._lock = threading.Lock()
+        self._verified: dict[tuple[str, bytes], tuple[str, float]] = {}  # (name, HMAC) -> (stored hash, when)
+        self._checking: dict[tuple[str, bytes], threading.Lock] = {}
         self.reload()
 
     def reload(self) -> None:
@@ -74,8 +88,33 @@ class UserDB:
         return name.lower() in self.users
 
     def verify(self, name: str, password: str) -> bool:
-        stored = self.users.get(name.lower())
-        return check_password(password, stored or _DUMMY) and stored is not None
+        """Blocking (up to a scrypt): run it in a thread."""
+        name = name.lower()
+        stored = self.users.get(name)
+        if stored is None:
+            check_password(password, _DUMMY)
+            return False
+        key = (name, hmac.new(self._key, password.encode(), "sha256").digest())
+        with self._lock:
+            if self._cached(key, stored):
+                return True
+            checking = self._checking.setdefault(key, threading.Lock())
+        with checking:
+            with self._lock:
+                if self._cached(key, stored):
+                    return True
+            ok = check_password(password, stored)
+            with self._lock:
+                if ok:
+                    now = time.monotonic()
+                    self._verified = {k: v for k, v in self._verified.items() if now - v[1] < _CACHE_SECONDS}
+                    self._verified[key] = (stored, now)
+                self._checking.pop(key, None)
+        return ok
+
+    def _cached(self, key: tuple[str, bytes], stored: str) -> bool:
+        hit = self._verified.get(key)
+        return hit is not None and hit[0] == stored and time.monotonic() - hit[1] < _CACHE_SECONDS
 
     def set(self, name: str, password: str) -> None:
         if ":" in name or "/" in name or "@" not in name or any(c.isspace() for c in name):
