@@ -27,6 +27,7 @@ from .dnsbl.checker import Checker, Target, TargetError, parse_target
 from .dnsbl.client import parse_nameservers
 from .dnsbl.sites import Site, SiteError, parse_sites
 from .dnsbl.verdict import CheckResult, Status, Verdict, code_meaning
+from .cli_app import ConfigOpt, _fail, _settings  # one definition for the whole CLI
 from .hostport import parse_hostport
 
 dnsbl_app = typer.Typer(no_args_is_help=True, help="DNS blacklists: check addresses against many lists; run relayguard's own list.")
@@ -34,21 +35,7 @@ dnsbl_app = typer.Typer(no_args_is_help=True, help="DNS blacklists: check addres
 console = Console()
 err = Console(stderr=True)
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("-c", "--config", help="TOML configuration file")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the results as JSON")]
-
-
-def _fail(message: str) -> typer.Exit:
-    """Print an error for people (unwrapped, so file:line stays on one line) and exit 2."""
-    err.print(message, highlight=False, markup=False, soft_wrap=True)
-    return typer.Exit(2)
-
-
-def _settings(path: Path | None) -> config_mod.Settings:
-    try:
-        return config_mod.load(path)
-    except config_mod.ConfigError as e:
-        raise _fail(f"configuration error:\n{e}") from None
 
 
 # check ------------------------------------------------------------------------------------------
