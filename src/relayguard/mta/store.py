@@ -150,7 +150,14 @@ class _Committer:
                     batch.append(self._jobs.get_nowait())
                 except queue.Empty:
                     break
-            self._commit(batch)
+            try:
+                self._commit(batch)
+            except BaseException as e:  # a bug: fail what is left, and keep the thread (every session needs it)
+                for job in batch:
+                    if not job.future.done():
+                        job.fail(e)
+                if not isinstance(e, Exception):
+                    raise
 
     def _commit(self, batch: list[_Job]) -> None:
         store = self.store
