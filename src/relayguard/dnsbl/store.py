@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -409,6 +410,7 @@ def _engine(url: str) -> Engine:
 
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+_OPEN_ATTEMPTS = 50  # 0.1 s apart
 _MIGRATION_LOCK = 0x72656C61  # pg_advisory_xact_lock key ("rela")
 
 
@@ -453,13 +455,19 @@ class Store:
         self.url = url
         self.default_txt = txt
         self.engine = _engine(url)
-        try:
-            with self._write() as conn:
-                if self.engine.dialect.name == "postgresql" or not self._at_head(conn):
-                    migrate(conn)
-        except OperationalError as e:
-            self.engine.dispose()
-            raise StoreError(f"store {self._shown_url()}: {e.orig}") from None
+        for attempt in range(_OPEN_ATTEMPTS):
+            try:
+                with self._write() as conn:
+                    if self.engine.dialect.name == "postgresql" or not self._at_head(conn):
+                        migrate(conn)
+                return
+            except OperationalError as e:
+                # SQLite answers "locked" without waiting in a few cases, such as turning a new
+                # file to WAL while another process opens it too: the first open tries again.
+                if "locked" not in str(e.orig) or attempt == _OPEN_ATTEMPTS - 1:
+                    self.engine.dispose()
+                    raise StoreError(f"store {self._shown_url()}: {e.orig}") from None
+                time.sleep(0.1)
 
     def _shown_url(self) -> str:
         return make_url(self.url).render_as_string(hide_password=True)
