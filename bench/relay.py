@@ -42,7 +42,6 @@ import smtplib
 import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -56,6 +55,7 @@ from run import (  # bench/run.py: the shared process, port and Postfix helpers
     create_cost_us,
     free_port,
     postfix_unavailable,
+    start_run,
     stop_proc,
     wait_port,
 )
@@ -437,23 +437,7 @@ def main() -> int:
         print("smtp-sink must start as root here (it drops to nobody with -u)", file=sys.stderr)
         return 2
 
-    def on_signal(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    def on_alarm(signum: int, frame: object) -> None:
-        raise BenchError(f"still running after {TOTAL_DEADLINE}s: aborted")
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(TOTAL_DEADLINE)
-
-    cleanup = Cleanup()
-    tmp = Path(tempfile.mkdtemp(prefix="relayguard-relaybench-"))
-    tmp.chmod(0o755)  # Postfix's unprivileged processes must reach their folders inside
-    if a.keep:
-        print(f"temporary folder kept: {tmp}")
-    else:
-        cleanup.push(f"remove {tmp}", lambda: shutil.rmtree(tmp, ignore_errors=True))
+    cleanup, tmp = start_run("relayguard-relaybench-", TOTAL_DEADLINE, a.keep)
     started = time.perf_counter()
     status = 0
     n = a.messages

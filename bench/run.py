@@ -75,6 +75,29 @@ class Cleanup:
                 print(f"cleanup: {what}: {e}", file=sys.stderr)
 
 
+def start_run(prefix: str, deadline: int, keep: bool) -> tuple[Cleanup, Path]:
+    """A run's set-up: SIGTERM ends it like Ctrl-C, SIGALRM after `deadline` seconds aborts it,
+    and a temporary folder that the returned Cleanup removes (unless `keep`)."""
+
+    def on_signal(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def on_alarm(signum: int, frame: object) -> None:
+        raise BenchError(f"still running after {deadline}s: aborted")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(deadline)
+    cleanup = Cleanup()
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    tmp.chmod(0o755)  # Postfix's unprivileged processes must reach their folders inside
+    if keep:
+        print(f"temporary folder kept: {tmp}")
+    else:
+        cleanup.push(f"remove {tmp}", lambda: shutil.rmtree(tmp, ignore_errors=True))
+    return cleanup, tmp
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -479,23 +502,7 @@ def main() -> int:
               "(see bench/run.py and REFERENCES.md section 6)", file=sys.stderr)
         return 2
 
-    def on_signal(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    def on_alarm(signum: int, frame: object) -> None:
-        raise BenchError(f"still running after {TOTAL_DEADLINE}s: aborted")
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(TOTAL_DEADLINE)
-
-    cleanup = Cleanup()
-    tmp = Path(tempfile.mkdtemp(prefix="relayguard-bench-"))
-    tmp.chmod(0o755)  # Postfix's unprivileged processes must reach their folders inside
-    if a.keep:
-        print(f"temporary folder kept: {tmp}")
-    else:
-        cleanup.push(f"remove {tmp}", lambda: shutil.rmtree(tmp, ignore_errors=True))
+    cleanup, tmp = start_run("relayguard-bench-", TOTAL_DEADLINE, a.keep)
     started = time.perf_counter()
     status = 0  # 1: a target missed, 2: the bench failed
     try:
