@@ -3,11 +3,11 @@ message's failure is its own, and a failed sync fails the whole batch without le
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import shutil
 import time
-from concurrent.futures import wait
 from pathlib import Path
 
 import pytest
@@ -30,6 +30,15 @@ def message(store: Store, body: bytes) -> store_mod.MessageFile:
     return msg
 
 
+def commit_all(store: Store, jobs: list[tuple]) -> list[BaseException | None]:
+    """Commit `(message, local, remote)` jobs at once on an event loop: each one's outcome."""
+    async def run() -> list[BaseException | None]:
+        futures = [store.commit(*job) for job in jobs]
+        return await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 30)
+
+    return asyncio.run(run())
+
+
 def entry(queue_id: str) -> QueueEntry:
     return QueueEntry(queue_id, "a@example.org", [Recipient("r@remote.test")], time.time(), "192.0.2.1", "c", "")
 
@@ -42,10 +51,9 @@ def test_a_batch_lands_complete_in_maildirs_and_the_queue(store):
     bodies = [f"message {i}\r\n".encode() * (i + 1) for i in range(40)]
     bodies.append(b"x" * 300_000 + b"\r\n")  # streamed to the spool while it was received
     msgs = [message(store, b) for b in bodies]
-    futures = [store.commit(m, [("alice", "localhost")], entry(m.queue_id) if i % 2 else None)
-               for i, m in enumerate(msgs)]
-    done, _ = wait(futures, timeout=30)
-    assert len(done) == len(futures) and all(f.exception() is None for f in futures)
+    outcomes = commit_all(store, [(m, [("alice", "localhost")], entry(m.queue_id) if i % 2 else None)
+                                  for i, m in enumerate(msgs)])
+    assert outcomes == [None] * len(msgs)
     assert maildir(store, "alice") == sorted(bodies)
     queued = [m for i, m in enumerate(msgs) if i % 2]
     for m in queued:
@@ -58,18 +66,16 @@ def test_a_batch_lands_complete_in_maildirs_and_the_queue(store):
 
 def test_one_bad_message_fails_alone(store):
     good, bad = message(store, b"good\r\n"), message(store, b"bad\r\n")
-    futures = [store.commit(bad, [("../etc", "localhost")], None), store.commit(good, [("bob", "localhost")], None)]
-    wait(futures, timeout=30)
-    assert isinstance(futures[0].exception(), ValueError)
-    assert futures[1].exception() is None
+    outcomes = commit_all(store, [(bad, [("../etc", "localhost")], None), (good, [("bob", "localhost")], None)])
+    assert isinstance(outcomes[0], ValueError) and outcomes[1] is None
     assert maildir(store, "bob") == [b"good\r\n"]
     assert list(store.tmp.iterdir()) == []
 
 
 def test_a_maildir_removed_meanwhile_is_made_again(store):
-    store.commit(message(store, b"one\r\n"), [("carol", "localhost")], None).result(30)
+    assert commit_all(store, [(message(store, b"one\r\n"), [("carol", "localhost")], None)]) == [None]
     shutil.rmtree(store.mail / "localhost" / "carol")
-    store.commit(message(store, b"two\r\n"), [("carol", "localhost")], None).result(30)
+    assert commit_all(store, [(message(store, b"two\r\n"), [("carol", "localhost")], None)]) == [None]
     assert maildir(store, "carol") == [b"two\r\n"]
 
 
@@ -79,14 +85,26 @@ def test_a_failed_sync_fails_the_batch_and_leaves_no_spool_files(store, monkeypa
 
     monkeypatch.setattr(store_mod, "_sync_filesystems", broken)
     msgs = [message(store, b"lost?\r\n") for _ in range(5)]
-    futures = [store.commit(m, [], entry(m.queue_id)) for m in msgs]
-    wait(futures, timeout=30)
-    assert all(isinstance(f.exception(), OSError) for f in futures)
+    outcomes = commit_all(store, [(m, [], entry(m.queue_id)) for m in msgs])
+    assert all(isinstance(e, OSError) for e in outcomes)
     assert list(store.tmp.iterdir()) == [] and list(store.queue.iterdir()) == []
 
 
 def test_nowhere_to_deliver_is_done_at_once(store):
     msg = message(store, b"nobody\r\n" * 50_000)  # big enough to be on disk already
     assert msg.path.exists()
-    store.commit(msg, [], None).result(0)
+    async def commit() -> bool:
+        return store.commit(msg, [], None).done()
+
+    assert asyncio.run(commit())
     assert list(store.tmp.iterdir()) == []
+
+
+def test_a_bug_in_a_batch_fails_it_and_the_next_batch_still_commits(store, monkeypatch):
+    real = store_mod._synced
+    monkeypatch.setattr(store_mod, "_synced", lambda jobs, folders: 1 / 0)
+    outcomes = commit_all(store, [(message(store, b"unlucky\r\n"), [("dave", "localhost")], None)])
+    assert isinstance(outcomes[0], ZeroDivisionError)
+    monkeypatch.setattr(store_mod, "_synced", real)
+    assert commit_all(store, [(message(store, b"lucky\r\n"), [("dave", "localhost")], None)]) == [None]
+    assert maildir(store, "dave") == [b"lucky\r\n"]

@@ -138,7 +138,7 @@ class MailServer:
             recipients = [Recipient(r) for r in routes.remote]
             entry = QueueEntry(msg.queue_id, mail_from, recipients, time.time(), client_ip, helo, identity)
         started = time.monotonic()
-        await asyncio.wrap_future(self.store.commit(msg, routes.local, entry))
+        await self.store.commit(msg, routes.local, entry)
         metrics.message_accepted(msg.size, time.monotonic() - started)
         log.event("accepted", client=client_ip, id=msg.queue_id, sender=mail_from, size=msg.size,
                   local=len(routes.local), remote=len(routes.remote))

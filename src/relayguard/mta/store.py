@@ -13,11 +13,14 @@ Group commit (bench/run.py): one thread commits every message that arrived while
 one batch, and two syncfs(2) calls make the whole batch durable, file data and directory
 entries alike, where an fsync of each file and each folder would cost the filesystem one or two
 journal commits per message. Where a Maildir is on another filesystem than the spool, every
-filesystem touched is synced.
+filesystem touched is synced. The batch's sessions hear of it in one event-loop callback: a
+wake-up of the loop (and a hand-over of the GIL) per message cost more than the rest of the
+thread's Python work.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import errno
 import itertools
@@ -30,7 +33,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future
 from pathlib import Path
 from typing import BinaryIO
 
@@ -100,7 +102,7 @@ _SYNCFS = _load_syncfs()
 def _sync_filesystems(folders: Iterable[str]) -> None:
     """Make everything written so far to the filesystems holding `folders` durable: file data,
     inodes and directory entries (syncfs(2); since Linux 5.8 it reports write-back errors)."""
-    for folder in {os.stat(f).st_dev: f for f in folders}.values():
+    for folder in {os.stat(f).st_dev: f for f in set(folders)}.values():
         if _SYNCFS is None:
             os.sync()
             return
@@ -114,15 +116,31 @@ def _sync_filesystems(folders: Iterable[str]) -> None:
 
 
 class _Job:
-    __slots__ = ("msg", "local", "remote", "future")
+    """One message to commit; its outcome (`error`, None = durable) is told to `future` later,
+    on the future's event loop."""
+
+    __slots__ = ("msg", "local", "remote", "future", "error")
 
     def __init__(self, msg: MessageFile, local: list[tuple[str, str]], remote: QueueEntry | None) -> None:
         self.msg, self.local, self.remote = msg, local, remote
-        self.future: Future[None] = Future()
+        self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.error: BaseException | None = None
 
     def fail(self, error: BaseException) -> None:
         self.msg.discard()
-        self.future.set_exception(error)
+        self.error = error
+
+
+def _tell(jobs: list[_Job]) -> None:
+    """On the event loop: settle the futures of a committed batch (a session gone meanwhile
+    cancelled its own)."""
+    for job in jobs:
+        if job.future.done():
+            continue
+        if job.error is None:
+            job.future.set_result(None)
+        else:
+            job.future.set_exception(job.error)
 
 
 class _Committer:
@@ -152,22 +170,33 @@ class _Committer:
                     break
             try:
                 self._commit(batch)
-            except BaseException as e:  # a bug: fail what is left, and keep the thread (every session needs it)
+            except BaseException as e:  # a bug: fail the batch, and keep the thread (every session needs it)
                 for job in batch:
-                    if not job.future.done():
+                    if job.error is None:
                         job.fail(e)
                 if not isinstance(e, Exception):
                     raise
+            finally:
+                _tell_each_loop(batch)
 
     def _commit(self, batch: list[_Job]) -> None:
         store = self.store
         written = _each(batch, lambda job: job.msg.write_out(job.remote))
         written = _synced(written, [store._tmp_s])
         placed = _each(written, lambda job: job.msg.place(job.local, job.remote is not None))
-        done = _synced(placed, [folder for job in placed for folder in job.msg.folders])
-        for job in done:
+        for job in _synced(placed, [folder for job in placed for folder in job.msg.folders]):
             job.msg.discard()
-            job.future.set_result(None)
+
+
+def _tell_each_loop(batch: list[_Job]) -> None:
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
+    for job in batch:
+        by_loop.setdefault(job.future.get_loop(), []).append(job)
+    for loop, jobs in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_tell, jobs)
+        except RuntimeError:  # that loop is closed: nobody waits any more
+            pass
 
 
 def _each(jobs: list[_Job], step: Callable[[_Job], object]) -> list[_Job]:
@@ -230,9 +259,10 @@ class Store:
     def _unique(self, queue_id: str) -> str:
         return f"{int(time.time())}.{queue_id}_{next(self._seq)}.{self._host}"
 
-    def commit(self, msg: MessageFile, local: list[tuple[str, str]], remote: QueueEntry | None) -> Future[None]:
+    def commit(self, msg: MessageFile, local: list[tuple[str, str]], remote: QueueEntry | None) -> asyncio.Future[None]:
         """Make `msg` durable in each local mailbox `(local part, domain)` and in the queue
-        (`remote`): the future is done when it is, or fails with the error (OSError, ValueError)."""
+        (`remote`). Called on an event loop: the returned future of that loop is done when the
+        message is durable, or fails with the error (OSError, ValueError)."""
         job = _Job(msg, local, remote)
         if not local and remote is None:  # nowhere to deliver
             msg.discard()
