@@ -54,6 +54,7 @@ from run import (  # bench/run.py: the shared process, port and Postfix helpers
     Postfix,
     create_cost_us,
     free_port,
+    peer_folder,
     postfix_unavailable,
     start_run,
     stop_proc,
@@ -454,7 +455,7 @@ def main() -> int:
         pf.skipped = "skipped (--no-postfix)" if a.no_postfix else postfix_unavailable()
         if pf.skipped is None:
             try:
-                pf_srv = RelayPostfix(tmp / "postfix", sink.port, cleanup)
+                pf_srv = RelayPostfix(peer_folder(tmp, "postfix"), sink.port, cleanup)
             except (BenchError, OSError, LookupError, subprocess.TimeoutExpired) as e:
                 pf.skipped = f"could not start a private Postfix: {e}"
         profile = tmp / "serve.prof" if a.profile else None
@@ -462,7 +463,7 @@ def main() -> int:
         spy_out = tmp / "serve.spy.txt"
 
         def run_relayguard(i: int) -> None:
-            srv = RelayguardRelay(tmp / f"relayguard-{i}", sink.port, cleanup, a.log_level, profile if i == 0 else None,
+            srv = RelayguardRelay(peer_folder(tmp, f"relayguard-{i}"), sink.port, cleanup, a.log_level, profile if i == 0 else None,
                                   plain=a.plain)
             spy = Spy(spy_bin, srv.proc.pid, spy_out, cleanup) if spy_bin and i == 0 else None
             r = load(srv.port, not a.plain, sink, a, f"rg{i}", srv.proc.pid)

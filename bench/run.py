@@ -22,6 +22,8 @@ folder removed at the end (also on error or Ctrl-C). Not part of the test suite.
 from __future__ import annotations
 
 import argparse
+import array
+import fcntl
 import os
 import resource
 import shutil
@@ -91,6 +93,7 @@ def start_run(prefix: str, deadline: int, keep: bool) -> tuple[Cleanup, Path]:
     cleanup = Cleanup()
     tmp = Path(tempfile.mkdtemp(prefix=prefix))
     tmp.chmod(0o755)  # Postfix's unprivileged processes must reach their folders inside
+    spread_subfolders(tmp)
     if keep:
         print(f"temporary folder kept: {tmp}")
     else:
@@ -151,11 +154,42 @@ def count_files(folder: Path) -> int:
         return 0
 
 
+_FS_IOC_GETFLAGS, _FS_IOC_SETFLAGS, _FS_TOPDIR_FL = 0x80086601, 0x40086602, 0x00020000
+
+
+def spread_subfolders(folder: Path) -> bool:
+    """Give `folder` ext4's T attribute (chattr +T): each folder made in it starts in a block
+    group of its own, so no peer's files sit among inodes another peer (or an earlier run, or the
+    test suite) deleted. On ext4 without a journal, as on the machine these figures come from,
+    creating a file scans past every free inode of its group deleted in the last 5 to 300 seconds
+    (the kernel's recently_deleted()): after a few thousand deletions nearby a create cost up to
+    1 ms instead of 20 us, and a durable peer creates files per message. The group is chosen
+    from a hash of the new folder's name: `peer_folder` names differ from run to run, or a run
+    would land where the last one just deleted everything. False where the filesystem has no
+    such attribute (the figures then depend on what ran before)."""
+    flags = array.array("i", [0])
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.ioctl(fd, _FS_IOC_GETFLAGS, flags, True)
+        flags[0] |= _FS_TOPDIR_FL
+        fcntl.ioctl(fd, _FS_IOC_SETFLAGS, flags)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def peer_folder(tmp: Path, name: str) -> Path:
+    """A folder for one peer in the run's folder, named `name` plus the run's random suffix."""
+    return tmp / f"{name}-{tmp.name.rsplit('-', 1)[-1]}"
+
+
 def create_cost_us(folder: Path, n: int = 200) -> float:
     """Kernel CPU (microseconds) to create one empty file in `folder`: every durable peer pays it
     per queued or delivered file, the discard sink never. On a filesystem churned by other work it
     was seen to vary from 10 to 700 us on the same machine, so the figure is printed per run."""
-    probe = folder / "create-probe"
+    probe = peer_folder(folder, "create-probe")
     probe.mkdir()
     before = resource.getrusage(resource.RUSAGE_THREAD).ru_stime
     for i in range(n):
@@ -376,14 +410,14 @@ def throughput(a: argparse.Namespace, tmp: Path, cleanup: Cleanup) -> list[PeerR
     why = "skipped (--no-postfix)" if a.no_postfix else postfix_unavailable()
     if why is None:
         try:
-            pf_srv = Postfix(tmp / "postfix", cleanup)
+            pf_srv = Postfix(peer_folder(tmp, "postfix"), cleanup)
         except (BenchError, OSError, LookupError, subprocess.TimeoutExpired) as e:
             why = f"could not start a private Postfix: {e}"
     pf.skipped = why
     for i in range(a.rounds):
         # relayguard: a fresh server and data folder each round (nothing is deleted until the end,
         # so no round pays for another's deletions).
-        srv = Relayguard(tmp / f"relayguard-{i}", cleanup, log_level=a.log_level)
+        srv = Relayguard(peer_folder(tmp, f"relayguard-{i}"), cleanup, log_level=a.log_level)
         r = smtp_source(srv.port, a, srv.proc.pid)
         got = count_files(srv.maildir_new)
         srv.stop()
@@ -447,7 +481,7 @@ def _send_one(port: int, body: bytes, barrier: threading.Barrier, out: list[str]
 
 def memory(a: argparse.Namespace, tmp: Path, cleanup: Cleanup) -> dict[str, float]:
     size = a.big_mb * 1_000_000
-    srv = Relayguard(tmp / "relayguard-memory", cleanup, f"max_message_size = {size + 10 * 1024 * 1024}")
+    srv = Relayguard(peer_folder(tmp, "relayguard-memory"), cleanup, f"max_message_size = {size + 10 * 1024 * 1024}")
     idle_kb = vm_kb(srv.proc.pid, "VmHWM")
     line = b"x" * 76 + b"\r\n"
     header = f"From: <{SENDER}>\r\nTo: <{RCPT}>\r\nSubject: big\r\n\r\n".encode()

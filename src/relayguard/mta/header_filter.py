@@ -27,6 +27,7 @@ given names from the client's header section:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 
 from ..dnsbl.verdict import HEADER
 
@@ -36,13 +37,19 @@ _WSP = b" \t"
 _START, _PASS, _DROP = 0, 1, 2  # at a line start / passing / dropping the rest of the current line
 
 
+@lru_cache(maxsize=8)  # one filter per message: check the names once
+def _checked(names: tuple[str, ...]) -> tuple[bytes, ...]:
+    out = tuple(n.lower().encode("ascii") for n in names)
+    if not out or any(not n or b":" in n or any(c in n for c in _WSP + b"\r\n") for n in out):
+        raise ValueError("header names must be non-empty, without colons or blanks")
+    return out
+
+
 class HeaderFilter:
     """Strip the fields named `names` from the header section of one message fed in chunks."""
 
     def __init__(self, names: Iterable[str] = (HEADER,)) -> None:
-        self.names = tuple(n.lower().encode("ascii") for n in names)
-        if not self.names or any(not n or b":" in n or any(c in n for c in _WSP + b"\r\n") for n in self.names):
-            raise ValueError("header names must be non-empty, without colons or blanks")
+        self.names = _checked(tuple(names))
         self.done = False  # past the header section: feed returns its input
         self.removed = 0  # fields removed so far
         self._held = b""  # the start of the current line, while its fate is undecided

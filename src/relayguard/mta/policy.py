@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from functools import lru_cache
 
 from ..addr import AddressError, Mailbox, Resolved, parse_path, resolve
 from ..config import Settings
@@ -41,6 +42,9 @@ class Policy:
                 domains.add(f"[{ip}]" if ip.version == 4 else f"[IPv6:{ip}]")
         self.local_domains = frozenset(domains)
         self.aliases = {self._key(k): v for k, v in settings.aliases.items()}
+        # Asked at every RCPT (and by the reject gate): parsing the address each time cost more
+        # than the rest of the decision.
+        self.trusted = lru_cache(maxsize=4096)(self._trusted)
 
     def _key(self, address: str) -> str:
         r = resolve(parse_path(address, allow_null=False), self.local_domains)
@@ -52,7 +56,7 @@ class Policy:
             return Mailbox(box.local, self.settings.domains.local[0])
         return box
 
-    def trusted(self, client_ip: str) -> bool:
+    def _trusted(self, client_ip: str) -> bool:
         return is_trusted(client_ip, self.networks)
 
     def mailbox_exists(self, r: Resolved) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
+from functools import lru_cache
 
 
 @dataclass(frozen=True)
@@ -41,13 +42,19 @@ def received_header(
         lines.append(f"\t(using {tls.version} with cipher {tls.cipher} ({tls.bits}/{tls.bits} bits))")
     proto = with_protocol(esmtp, tls is not None, authenticated)
     lines.append(f"\tby {by} (relayguard) with {proto} id {queue_id}")
-    date = format_datetime(when)
+    date = _date(when.replace(microsecond=0))
     if len(rcpts) == 1:
         lines.append(f"\tfor <{_clean(rcpts[0])}>; {date}")
     else:
         lines[-1] += ";"
         lines.append(f"\t{date}")
     return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+@lru_cache(maxsize=4)
+def _date(when: datetime) -> str:
+    """RFC 5322 date of a whole second (the same for every message of that second)."""
+    return format_datetime(when)
 
 
 def _clean(text: str, also: str = "") -> str:

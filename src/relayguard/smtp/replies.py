@@ -24,7 +24,10 @@ class Reply:
         return 200 <= self.code < 400
 
     def encode(self) -> bytes:
-        lines = self.lines or ("",)
+        if isinstance(self.text, str):  # most replies: one line
+            head = f"{self.code} {self.enhanced} " if self.enhanced else f"{self.code} "
+            return (head + self.text).rstrip(" ").encode("utf-8") + b"\r\n"
+        lines = self.text or ("",)
         out = []
         for i, line in enumerate(lines):
             sep = " " if i == len(lines) - 1 else "-"
