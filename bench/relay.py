@@ -447,8 +447,9 @@ def main() -> int:
         print(f"  {n} messages of {a.size} bytes to user@{DOMAIN}, {a.sessions} sessions over {a.procs} client "
               f"processes, smtp-sink on loopback as the MX, {a.rounds} interleaved rounds")
         # Both peers create (and delete) files per message; on this machine's ext4 without a journal
-        # a create costs more the more files were deleted nearby in the last minutes, by anyone.
-        print(f"  creating a file in the data folder costs {create_cost_us(tmp):.0f} us of kernel CPU now")
+        # a create costs more the more files were deleted nearby in the last minutes (see
+        # run.spread_subfolders: each peer's folder has a block group of its own).
+        print(f"  creating a file in a new folder costs {create_cost_us(tmp):.0f} us of kernel CPU now")
         sink = Sink(tmp, cleanup)
         rg, pf = Peer("relayguard"), Peer("postfix")
         pf_srv = None

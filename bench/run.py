@@ -186,9 +186,10 @@ def peer_folder(tmp: Path, name: str) -> Path:
 
 
 def create_cost_us(folder: Path, n: int = 200) -> float:
-    """Kernel CPU (microseconds) to create one empty file in `folder`: every durable peer pays it
-    per queued or delivered file, the discard sink never. On a filesystem churned by other work it
-    was seen to vary from 10 to 700 us on the same machine, so the figure is printed per run."""
+    """Kernel CPU (microseconds) to create one empty file in a new folder in `folder` (a block
+    group of its own, as each peer's): every durable peer pays it per queued or delivered file,
+    the discard sink never. Near many recent deletions it was seen to reach 700 us on this
+    machine (`spread_subfolders`), so the figure is printed per run."""
     probe = peer_folder(folder, "create-probe")
     probe.mkdir()
     before = resource.getrusage(resource.RUSAGE_THREAD).ru_stime
@@ -541,7 +542,7 @@ def main() -> int:
     status = 0  # 1: a target missed, 2: the bench failed
     try:
         print(f"relayguard benchmarks ({os.cpu_count()} CPUs, python {sys.version.split()[0]}, data in {tmp}; "
-              f"creating a file there costs {create_cost_us(tmp):.0f} us of kernel CPU)")
+              f"creating a file in a new folder there costs {create_cost_us(tmp):.0f} us of kernel CPU)")
         results: list[PeerResult] = []
         if not a.no_throughput:
             print(f"\nAccept throughput: smtp-source -s {a.sessions} -m {a.messages} -l {a.size} "
