@@ -208,3 +208,9 @@ def test_driver_refusal_of_rcpt_is_not_recorded():
     assert isinstance(ev, p.RcptTo) and ev.text == "x@elsewhere.test"
     conn.reply(Reply(554, "5.7.1", "<x@elsewhere.test>: Relay access denied"))
     assert conn.envelope.rcpts == [] and conn.envelope.mail_from is not None and conn.envelope.mail_from.is_null
+
+
+@given(st.integers(200, 599), st.sampled_from(["", "2.0.0", "5.7.1"]), st.text(max_size=40))
+def test_a_one_line_reply_encodes_as_a_one_element_multi_line_reply(code, enhanced, text):
+    """The one-line fast path writes exactly what the general path writes."""
+    assert Reply(code, enhanced, text).encode() == Reply(code, enhanced, (text,)).encode()

@@ -108,3 +108,9 @@ def test_a_bug_in_a_batch_fails_it_and_the_next_batch_still_commits(store, monke
     monkeypatch.setattr(store_mod, "_synced", real)
     assert commit_all(store, [(message(store, b"lucky\r\n"), [("dave", "localhost")], None)]) == [None]
     assert maildir(store, "dave") == [b"lucky\r\n"]
+
+
+def test_queue_ids_made_in_the_same_microsecond_differ():
+    ids = [new_queue_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(i.isalnum() and i.upper() == i for i in ids)
