@@ -328,6 +328,16 @@ def new_result(target: str, options: RelayTestOptions) -> TargetResult:
     return TargetResult(target=target, host=host, port=port, mode=options.mode)
 
 
+def _refused(res: CaseResult, reply: ServerReply, stage: str, accepted: bool) -> bool:
+    """Record a refusal at `stage` unless `accepted`; a 530 means the whole session needs AUTH."""
+    if accepted:
+        return False
+    res.outcome, res.stage = Outcome.REFUSED, stage
+    if reply.code == 530:
+        raise AuthRequired(reply)
+    return True
+
+
 def _message(token: str, case_id: str, name: str, mail_from: str, rcpt_to: str, target: str, helo: str) -> bytes:
     from email.utils import formatdate  # here: probe mode sends no message, and `relaytest` start-up counts
 
@@ -524,27 +534,18 @@ class _TargetRun:
             return await self.attempt_pipelined(s, res)
         mail = await s.command(res.mail_from, "mail")
         res.replies.append(Exchange(res.mail_from, mail))
-        if not mail.accepted:
-            res.outcome, res.stage = Outcome.REFUSED, "mail"
-            if mail.code == 530:
-                raise AuthRequired(mail)
+        if _refused(res, mail, "mail", mail.accepted):
             return
         rcpt = await s.command(res.rcpt_to, "rcpt")
         res.replies.append(Exchange(res.rcpt_to, rcpt))
-        if rcpt.code not in (250, 251):
-            res.outcome, res.stage = Outcome.REFUSED, "rcpt"
-            if rcpt.code == 530:
-                raise AuthRequired(rcpt)
+        if _refused(res, rcpt, "rcpt", rcpt.code in (250, 251)):
             return
         if o.mode == "probe":
             res.outcome, res.stage = Outcome.ACCEPTED_RCPT, "rcpt"
             return
         data = await s.command("DATA", "data")
         res.replies.append(Exchange("DATA", data))
-        if data.code != 354:
-            res.outcome, res.stage = Outcome.REFUSED, "data"
-            if data.code == 530:
-                raise AuthRequired(data)
+        if _refused(res, data, "data", data.code == 354):
             return
         res.token = new_token()
         body = _message(res.token, case.id, case.name, _strip_path(res.mail_from).strip("<>"),
@@ -561,16 +562,10 @@ class _TargetRun:
         mail, rcpt, _ = await s.pipeline(((res.mail_from, "mail"), (res.rcpt_to, "rcpt"), ("RSET", "rset")))
         s.rset_sent = True
         res.replies.append(Exchange(res.mail_from, mail))
-        if not mail.accepted:
-            res.outcome, res.stage = Outcome.REFUSED, "mail"
-            if mail.code == 530:
-                raise AuthRequired(mail)
+        if _refused(res, mail, "mail", mail.accepted):
             return
         res.replies.append(Exchange(res.rcpt_to, rcpt))
-        if rcpt.code not in (250, 251):
-            res.outcome, res.stage = Outcome.REFUSED, "rcpt"
-            if rcpt.code == 530:
-                raise AuthRequired(rcpt)
+        if _refused(res, rcpt, "rcpt", rcpt.code in (250, 251)):
             return
         res.outcome, res.stage = Outcome.ACCEPTED_RCPT, "rcpt"
 
