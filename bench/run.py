@@ -93,7 +93,8 @@ def start_run(prefix: str, deadline: int, keep: bool) -> tuple[Cleanup, Path]:
     cleanup = Cleanup()
     tmp = Path(tempfile.mkdtemp(prefix=prefix))
     tmp.chmod(0o755)  # Postfix's unprivileged processes must reach their folders inside
-    spread_subfolders(tmp)
+    if not spread_subfolders(tmp):
+        print(f"note: {tmp} takes no ext4 T attribute: the peers' files may sit among others' deleted ones")
     if keep:
         print(f"temporary folder kept: {tmp}")
     else:
